@@ -1,0 +1,224 @@
+//! API errors and the one place their HTTP status is decided.
+//!
+//! Every error leaves as `{"error": {"code": "...", "message": "..."}}`; the message
+//! says what to fix. `code` is stable for scripts, `message` is for people.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything a request can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request itself is wrong (bad name, bad query value, ...).
+    BadRequest(String),
+    /// 401: a token is configured and the request did not carry it.
+    Unauthorized,
+    /// 404: no such function, call or route.
+    NotFound(String),
+    /// 409: the request conflicts with the current state.
+    #[allow(
+        dead_code,
+        reason = "used once functions can be pending (container builds)"
+    )]
+    Conflict(String),
+    /// 413: the body is larger than the limit for this route.
+    TooLarge(String),
+    /// 422: the bundle is not something newt can run.
+    InvalidBundle(String),
+    /// 429: no capacity left; retry after the given seconds.
+    TooManyRequests { message: String, retry_after: u64 },
+    /// 502: the function ran and failed (error exit, trap, limit hit).
+    FunctionFailed(String),
+    /// 503: a backend the request needs is unavailable.
+    Unavailable(String),
+    /// 504: the function ran past its deadline.
+    Timeout(String),
+    /// 500: a bug or an I/O failure in the host.
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    /// The status and stable code of each variant.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::InvalidBundle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
+            ApiError::FunctionFailed(_) => (StatusCode::BAD_GATEWAY, "function_failed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::TooLarge(m)
+            | ApiError::InvalidBundle(m)
+            | ApiError::FunctionFailed(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Timeout(m) => m.clone(),
+            ApiError::TooManyRequests { message, .. } => message.clone(),
+            ApiError::Unauthorized => {
+                "this server requires a token: send `Authorization: Bearer <token>` \
+                 (the CLI reads it from NEWT_TOKEN)"
+                    .into()
+            }
+            ApiError::Internal(e) => format!("{e:#}"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = self.message();
+        if status.is_server_error() && !matches!(self, ApiError::FunctionFailed(_)) {
+            tracing::error!(%status, "{message}");
+        }
+        let body = json!({ "error": { "code": code, "message": message } });
+        let mut response = (status, axum::Json(body)).into_response();
+        match &self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<newt_runtime::Error> for ApiError {
+    fn from(e: newt_runtime::Error) -> Self {
+        use newt_runtime::Error as E;
+        match e {
+            E::InvalidBundle(m) => ApiError::InvalidBundle(m),
+            E::InvalidLimits(m) => ApiError::BadRequest(format!("invalid limits: {m}")),
+            E::UnknownRuntime(r) => ApiError::BadRequest(format!(
+                "unknown runtime `{r}`: use `wasm` or a registered container runtime"
+            )),
+            E::Unavailable { backend, reason } => {
+                ApiError::Unavailable(format!("{backend} unavailable: {reason}"))
+            }
+            E::AtCapacity { .. } => ApiError::TooManyRequests {
+                message: e.to_string(),
+                retry_after: 1,
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parts(e: ApiError) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+        let response = e.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap(), headers)
+    }
+
+    #[tokio::test]
+    async fn each_variant_has_its_status_and_code() {
+        let cases = [
+            (ApiError::BadRequest("b".into()), 400, "bad_request"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::NotFound("n".into()), 404, "not_found"),
+            (ApiError::Conflict("c".into()), 409, "conflict"),
+            (ApiError::TooLarge("t".into()), 413, "too_large"),
+            (ApiError::InvalidBundle("i".into()), 422, "invalid_bundle"),
+            (
+                ApiError::TooManyRequests {
+                    message: "m".into(),
+                    retry_after: 2,
+                },
+                429,
+                "at_capacity",
+            ),
+            (ApiError::FunctionFailed("f".into()), 502, "function_failed"),
+            (ApiError::Unavailable("u".into()), 503, "unavailable"),
+            (ApiError::Timeout("t".into()), 504, "timeout"),
+            (ApiError::Internal(anyhow::anyhow!("x")), 500, "internal"),
+        ];
+        for (error, status, code) in cases {
+            let (got_status, body, _) = parts(error).await;
+            assert_eq!(got_status.as_u16(), status);
+            assert_eq!(body["error"]["code"], code);
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unauthorized_and_429_carry_their_headers() {
+        let (_, _, headers) = parts(ApiError::Unauthorized).await;
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        let (_, _, headers) = parts(ApiError::TooManyRequests {
+            message: "full".into(),
+            retry_after: 3,
+        })
+        .await;
+        assert_eq!(headers[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn runtime_errors_map_to_the_right_variant() {
+        use newt_runtime::Error as E;
+        let cases = [
+            (E::InvalidBundle("x".into()), 422),
+            (E::InvalidLimits("x".into()), 400),
+            (E::UnknownRuntime("x".into()), 400),
+            (
+                E::Unavailable {
+                    backend: "docker",
+                    reason: "down".into(),
+                },
+                503,
+            ),
+            (
+                E::AtCapacity {
+                    function: "f".into(),
+                    reason: "full".into(),
+                },
+                429,
+            ),
+            (E::MissingBundle { digest: "d".into() }, 500),
+        ];
+        for (error, status) in cases {
+            let api: ApiError = error.into();
+            assert_eq!(api.status_and_code().0.as_u16(), status, "{api:?}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! `/v1/functions`: deploy, list, show, delete and invoke.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use super::error::{ApiError, ApiResult};
+use crate::server::{FunctionConfig, SharedState, spec_of};
+use crate::store::FunctionVersion;
+
+/// The runtime of functions deployed without `?runtime=`.
+const DEFAULT_RUNTIME: &str = "wasm";
+
+/// Checks a function name: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn validate_name(name: &str) -> ApiResult<()> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid function name {:?}: use 1 to 63 characters of a-z, 0-9 and '-', \
+             starting with a letter or digit",
+            truncate(name, 80)
+        )))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Turns a body rejection into our error; the size limit is the common case.
+fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiResult<Bytes> {
+    bytes.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
+                "the {what} is larger than the limit of {limit} bytes"
+            ))
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {rejection}"))
+        }
+    })
+}
+
+fn current(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
+    validate_name(name)?;
+    state
+        .functions
+        .get(name)
+        .map(|f| f.clone())
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))
+}
+
+/// The JSON form of a function version.
+pub fn function_json(version: &FunctionVersion) -> Value {
+    let spec = spec_of(version);
+    json!({
+        "name": version.name,
+        "version": version.version,
+        "runtime": version.runtime,
+        "status": version.status,
+        "status_message": version.status_message,
+        "digest": version.digest,
+        "size": version.size,
+        "limits": spec.limits,
+        "created_at": version.created_at,
+    })
+}
+
+/// Parses the deploy query: the runtime and any limits.
+fn deploy_options(query: &HashMap<String, String>) -> ApiResult<(String, Limits)> {
+    let mut limits = Limits::default();
+    let mut runtime = DEFAULT_RUNTIME.to_string();
+    for (key, value) in query {
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("{key} must be a whole number, got {value:?}"))
+            })
+        };
+        match key.as_str() {
+            "runtime" => runtime = value.clone(),
+            "timeout_ms" => limits.timeout_ms = number()?,
+            "memory_mb" => limits.memory_mb = number()?,
+            "max_output_bytes" => limits.max_output_bytes = number()?,
+            "max_log_bytes" => limits.max_log_bytes = number()?,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter `{other}`: accepted are runtime, timeout_ms, memory_mb, \
+                     max_output_bytes, max_log_bytes"
+                )));
+            }
+        }
+    }
+    limits.validate()?;
+    Ok((runtime, limits))
+}
+
+/// `PUT /v1/functions/{name}`: the body is the bundle. Compiles it before answering:
+/// 201 with the new version, 200 if the same bundle and limits are already current.
+pub async fn deploy(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    bundle: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    validate_name(&name)?;
+    let (runtime, limits) = deploy_options(&query)?;
+    let bundle = body(bundle, state.config.max_bundle_bytes, "bundle")?;
+    if bundle.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the request body is empty: send the function's .wasm file as the body".into(),
+        ));
+    }
+    if runtime == DEFAULT_RUNTIME && !bundle.starts_with(b"\0asm") {
+        return Err(ApiError::InvalidBundle(
+            "the body is not a WebAssembly module (it does not start with \\0asm): send the \
+             .wasm file built for wasm32-wasip1"
+                .into(),
+        ));
+    }
+
+    let cas = state.invoker.cas().clone();
+    let size = bundle.len() as i64;
+    let digest = tokio::task::spawn_blocking(move || cas.put(&bundle))
+        .await
+        .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))??;
+    let config = serde_json::to_value(FunctionConfig {
+        limits: limits.clone(),
+    })
+    .map_err(anyhow::Error::from)?;
+
+    let _guard = state.deploy_lock.lock().await;
+    if let Some(existing) = state.functions.get(&name).map(|f| f.clone())
+        && existing.digest == digest.as_str()
+        && existing.runtime == runtime
+        && spec_of(&existing).limits == limits
+    {
+        return Ok((StatusCode::OK, Json(function_json(&existing))).into_response());
+    }
+
+    // Compile before recording anything: a bundle that cannot run never becomes a
+    // version.
+    let candidate = FunctionSpec {
+        name: name.clone(),
+        version: 0,
+        runtime: runtime.clone(),
+        digest: digest.to_string(),
+        limits,
+    };
+    state.invoker.validate(&candidate).await?;
+
+    let store = state.store.clone();
+    let (n, r, d) = (name.clone(), runtime.clone(), digest.to_string());
+    let version =
+        tokio::task::spawn_blocking(move || store.add_version(&n, &r, &d, size, &config, "ready"))
+            .await
+            .map_err(|e| anyhow::anyhow!("recording the version: {e}"))??;
+    state.functions.insert(name.clone(), version.clone());
+    tracing::info!(function = %name, version = version.version, %digest, "deployed");
+    Ok((StatusCode::CREATED, Json(function_json(&version))).into_response())
+}
+
+/// `GET /v1/functions`.
+pub async fn list(State(state): State<SharedState>) -> Json<Value> {
+    let mut functions: Vec<FunctionVersion> =
+        state.functions.iter().map(|f| f.value().clone()).collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    let items: Vec<Value> = functions.iter().map(function_json).collect();
+    Json(json!({ "functions": items }))
+}
+
+/// `GET /v1/functions/{name}`: the current version and the version history.
+pub async fn show(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let function = current(&state, &name)?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || store.versions(&name))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading versions: {e}"))??;
+    let mut body = function_json(&function);
+    body["versions"] = versions
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "digest": v.digest,
+                "size": v.size,
+                "status": v.status,
+                "created_at": v.created_at,
+            })
+        })
+        .collect();
+    Ok(Json(body))
+}
+
+/// `DELETE /v1/functions/{name}`: 204; its call records are kept.
+pub async fn delete(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    current(&state, &name)?;
+    let _guard = state.deploy_lock.lock().await;
+    let store = state.store.clone();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || store.delete_function(&n))
+        .await
+        .map_err(|e| anyhow::anyhow!("deleting: {e}"))??;
+    state.functions.remove(&name);
+    state.invoker.remove(&name);
+    tracing::info!(function = %name, "deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/functions/{name}/invoke[?async=true]`: the body is the input.
+pub async fn invoke(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    input: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let function = current(&state, &name)?;
+    let is_async = match query.get("async").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "async must be true or false, got {other:?}"
+            )));
+        }
+    };
+    if let Some(other) = query.keys().find(|k| k.as_str() != "async") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter `{other}`: the only one accepted is async"
+        )));
+    }
+    let input = body(input, state.config.max_input_bytes, "input")?;
+    let record = state.new_call(&function, input, is_async);
+    let call_id = record.id.clone();
+
+    if is_async {
+        if !state.reserve_async() {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "{} async calls are already waiting: retry later",
+                    state.config.max_async_backlog
+                ),
+                retry_after: 1,
+            });
+        }
+        // Durable before the 202: an accepted call survives a crash and runs after
+        // the restart.
+        if let Err(e) = state.store.record_call_durable(record.clone()).await {
+            state.release_async();
+            return Err(e.into());
+        }
+        state.spawn_async(record);
+        let location = format!("/v1/calls/{call_id}");
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "call_id": call_id, "status": "pending", "url": location })),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        insert_header(headers, "x-newt-call-id", &call_id);
+        insert_header(headers, header::LOCATION.as_str(), &location);
+        return Ok(response);
+    }
+
+    let spec = spec_of(&function);
+    match state.run_call(record, &spec).await {
+        Ok(outcome) => Ok(outcome_response(&call_id, outcome)),
+        Err(e) => {
+            let mut response = ApiError::from(e).into_response();
+            insert_header(response.headers_mut(), "x-newt-call-id", &call_id);
+            Ok(response)
+        }
+    }
+}
+
+fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// The response to a finished sync call: the output itself on success, an error
+/// otherwise; headers say which call it was and how it started.
+fn outcome_response(call_id: &str, outcome: CallOutcome) -> Response {
+    let mut response = match outcome.result {
+        CallResult::Done => {
+            let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&outcome.output).is_ok();
+            let content_type = if is_json {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            let mut response = Response::new(Body::from(outcome.output));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        CallResult::Failed(message) => ApiError::FunctionFailed(message).into_response(),
+        CallResult::Timeout(message) => ApiError::Timeout(message).into_response(),
+    };
+    let t = outcome.timings;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let timing = format!(
+        "queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}",
+        ms(t.queue),
+        ms(t.init),
+        ms(t.exec)
+    );
+    let headers = response.headers_mut();
+    insert_header(headers, "x-newt-call-id", call_id);
+    headers.insert(
+        "x-newt-start",
+        HeaderValue::from_static(outcome.start.as_str()),
+    );
+    insert_header(headers, "server-timing", &timing);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for good in ["a", "dice", "hello-2", "0abc", &"a".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "a_b",
+            "a.b",
+            "a/b",
+            "..",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deploy_options_parse_limits_and_refuse_unknown_keys() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (runtime, limits) = deploy_options(&q(&[("timeout_ms", "500")])).unwrap();
+        assert_eq!(runtime, "wasm");
+        assert_eq!(limits.timeout_ms, 500);
+        assert!(deploy_options(&q(&[("timeout_ms", "soon")])).is_err());
+        assert!(deploy_options(&q(&[("memory_mb", "999999")])).is_err());
+        assert!(deploy_options(&q(&[("colour", "red")])).is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP API (v1), built by [`app`] so tests can drive it without a socket.
+//!
+//! Routes are listed here; handlers live in one module per resource. Status codes are
+//! decided only in [`error::ApiError`].
+
+mod auth;
+mod calls;
+pub mod error;
+mod functions;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use serde_json::json;
+
+use crate::server::SharedState;
+use error::ApiError;
+
+/// The whole HTTP application over `state`.
+pub fn app(state: SharedState) -> Router {
+    let config = &state.config;
+    let v1 = Router::new()
+        .route("/functions", get(functions::list))
+        .route(
+            "/functions/{name}",
+            put(functions::deploy)
+                .layer(DefaultBodyLimit::max(config.max_bundle_bytes))
+                .get(functions::show)
+                .delete(functions::delete),
+        )
+        .route(
+            "/functions/{name}/invoke",
+            post(functions::invoke).layer(DefaultBodyLimit::max(config.max_input_bytes)),
+        )
+        .route("/calls", get(calls::list))
+        .route("/calls/{id}", get(calls::show))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<SharedState>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "functions": state.functions.len(),
+    }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}

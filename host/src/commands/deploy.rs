@@ -1,0 +1,72 @@
+//! `newt deploy NAME PATH`: upload a bundle as a new version of a function.
+
+use anyhow::Context;
+use reqwest::Method;
+use std::path::PathBuf;
+
+use crate::client::{Client, ClientOpts, encode};
+
+/// Arguments of `newt deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// Function name: a-z, 0-9 and '-', up to 63 characters.
+    pub name: String,
+    /// The bundle: a .wasm file for the wasm runtime.
+    pub path: PathBuf,
+    /// Runtime that runs it.
+    #[arg(long, default_value = "wasm")]
+    pub runtime: String,
+    /// Deadline of one call, in milliseconds [server default: 30000].
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit, in MiB [server default: 128].
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Largest output, in bytes [server default: 6 MiB].
+    #[arg(long)]
+    pub max_output_bytes: Option<u64>,
+    /// Largest log kept per call, in bytes [server default: 1 MiB].
+    #[arg(long)]
+    pub max_log_bytes: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// Uploads the bundle and prints the version the server made of it.
+pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(&args.path)
+        .await
+        .with_context(|| format!("reading {}", args.path.display()))?;
+    let mut query = vec![format!("runtime={}", encode(&args.runtime))];
+    for (key, value) in [
+        ("timeout_ms", args.timeout_ms),
+        ("memory_mb", args.memory_mb),
+        ("max_output_bytes", args.max_output_bytes),
+        ("max_log_bytes", args.max_log_bytes),
+    ] {
+        if let Some(value) = value {
+            query.push(format!("{key}={value}"));
+        }
+    }
+    let client = Client::new(&args.client)?;
+    let path = format!("/v1/functions/{}?{}", encode(&args.name), query.join("&"));
+    let response = client
+        .send(client.request(Method::PUT, &path).body(bytes))
+        .await?;
+    let created = response.status().as_u16() == 201;
+    let function: serde_json::Value = response.json().await.context("invalid JSON from server")?;
+    if args.client.json {
+        println!("{}", serde_json::to_string_pretty(&function)?);
+    } else {
+        let digest = function["digest"].as_str().unwrap_or("");
+        println!(
+            "{} {} v{} ({} bytes, sha256 {})",
+            if created { "deployed" } else { "unchanged:" },
+            args.name,
+            function["version"],
+            function["size"],
+            &digest[..digest.len().min(12)]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! One module per subcommand: its clap arguments and its `run`.
+
+pub mod build;
+pub mod call;
+pub mod calls;
+pub mod delete;
+pub mod deploy;
+pub mod functions;
+pub mod invoke;
+pub mod new;
+pub mod serve;

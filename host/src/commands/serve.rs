@@ -1,0 +1,244 @@
+//! `newt serve`: the HTTP server over the engine, with state under `NEWT_HOME`.
+
+use anyhow::{Context, bail};
+use axum::body::Body;
+use axum::http::Request;
+use newt_runtime::{Cas, Invoker, WasmConfig, WasmExecutor};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+use crate::server::{AppState, ServerConfig};
+use crate::store::Store;
+
+/// The address `newt serve` binds unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Largest bundle a deploy accepts (64 MiB).
+pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 64 << 20;
+/// Largest call input accepted (6 MiB, the usual synchronous payload limit).
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 6 << 20;
+
+/// Arguments of `newt serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --token (or --insecure).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Where newt keeps its database, bundles and compiled modules [default: ~/.newt]
+    #[arg(long, env = "NEWT_HOME")]
+    pub home: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on every /v1 route.
+    #[arg(long, env = "NEWT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Largest bundle a deploy accepts, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BUNDLE_BYTES)]
+    pub max_bundle_bytes: usize,
+    /// Largest call input accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: usize,
+    /// Async calls running at once; the others wait as `pending`.
+    #[arg(long, default_value_t = 16)]
+    pub async_concurrency: usize,
+    /// Async calls accepted but not finished; past this, new ones get 429.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_async_backlog: usize,
+    /// Deploy a function at start, as NAME=PATH (repeatable). An unchanged bundle is
+    /// left as it is.
+    #[arg(long = "deploy", value_name = "NAME=PATH")]
+    pub deploy: Vec<String>,
+    /// Allocate wasm instances on demand instead of from the pooling allocator.
+    #[arg(long)]
+    pub no_pooling: bool,
+}
+
+/// newt's home: `--home`, `NEWT_HOME`, or `~/.newt`.
+fn home_dir(home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(home) = home {
+        return Ok(home);
+    }
+    let user_home =
+        std::env::var_os("HOME").context("HOME is not set: pass --home or set NEWT_HOME")?;
+    Ok(PathBuf::from(user_home).join(".newt"))
+}
+
+/// Splits `NAME=PATH`.
+fn parse_deploy(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    match spec.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => bail!("--deploy takes NAME=PATH, got {spec:?}"),
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Validate everything before touching the disk or binding a socket.
+    let token = args.token.clone().filter(|t| !t.is_empty());
+    if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
+        bail!(
+            "refusing to listen on {} without a token: anyone who can reach it could run \
+             code here. Set --token / NEWT_TOKEN, or pass --insecure if that is really meant",
+            args.listen
+        );
+    }
+    let deploys = args
+        .deploy
+        .iter()
+        .map(|d| parse_deploy(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let home = home_dir(args.home.clone())?;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, token, home, deploys))
+}
+
+async fn serve(
+    args: ServeArgs,
+    token: Option<String>,
+    home: PathBuf,
+    deploys: Vec<(String, PathBuf)>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&home)
+        .with_context(|| format!("creating newt's home {}", home.display()))?;
+    let store = Store::open(&home.join("newt.db"))?;
+    let cas = Cas::open(home.join("cas")).context("opening the content store")?;
+    let wasm = WasmExecutor::new(WasmConfig {
+        cache_dir: home.join("cache"),
+        pooling: !args.no_pooling,
+    })
+    .context("starting the wasm engine")?;
+    let invoker = Invoker::new(cas).with_executor(wasm);
+    let config = ServerConfig {
+        max_bundle_bytes: args.max_bundle_bytes,
+        max_input_bytes: args.max_input_bytes,
+        token: token.clone(),
+        async_concurrency: args.async_concurrency,
+        max_async_backlog: args.max_async_backlog,
+    };
+    let state = Arc::new(AppState::new(store.clone(), invoker, config)?);
+    state.recover()?;
+    let app = crate::api::app(state.clone());
+
+    for (name, path) in &deploys {
+        deploy_at_start(&app, token.as_deref(), name, path).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("newt listening on http://{addr} (home {})", home.display());
+    if let Some((name, _)) = deploys.first() {
+        let auth = if token.is_some() {
+            " -H \"Authorization: Bearer $NEWT_TOKEN\""
+        } else {
+            ""
+        };
+        let input = if name == "dice" {
+            r#"{"roll":"4d6"}"#
+        } else {
+            r#"{"name":"newt"}"#
+        };
+        println!("try: curl -X POST{auth} http://{addr}/v1/functions/{name}/invoke -d '{input}'");
+    }
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("shutting down: flushing call records");
+    store.close().await;
+    Ok(())
+}
+
+/// Deploys `path` as `name` through the API itself, so the same checks apply.
+async fn deploy_at_start(
+    app: &axum::Router,
+    token: Option<&str>,
+    name: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut request = Request::put(format!("/v1/functions/{name}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(bytes))?)
+        .await?;
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
+    if !status.is_success() {
+        bail!(
+            "deploying {name} from {}: {status} {}",
+            path.display(),
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let function: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "{} {name} v{} from {}",
+        if status.as_u16() == 201 {
+            "deployed"
+        } else {
+            "unchanged"
+        },
+        function["version"],
+        path.display()
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_specs_need_a_name_and_a_path() {
+        assert_eq!(
+            parse_deploy("dice=examples/dice.wasm").unwrap(),
+            ("dice".to_string(), PathBuf::from("examples/dice.wasm"))
+        );
+        assert!(parse_deploy("dice").is_err());
+        assert!(parse_deploy("=x").is_err());
+        assert!(parse_deploy("x=").is_err());
+    }
+}

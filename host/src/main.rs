@@ -1,0 +1,81 @@
+//! `newt`: the function host's server and CLI in one binary.
+//!
+//! `newt serve` runs the HTTP API over the engine in `newt-runtime`, with state in
+//! SQLite and the content store under `NEWT_HOME`. Every other subcommand is a client
+//! of a running server (`--server`), or a local helper for writing functions
+//! (`new`, `build`).
+
+mod api;
+mod client;
+mod commands;
+mod server;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+/// newt: a sandboxed WebAssembly and container function host.
+#[derive(Debug, Parser)]
+#[command(name = "newt", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(commands::serve::ServeArgs),
+    /// Deploy a function (a new version if it exists).
+    Deploy(commands::deploy::DeployArgs),
+    /// Call a function and print its output.
+    Invoke(commands::invoke::InvokeArgs),
+    /// List functions.
+    Functions(commands::functions::FunctionsArgs),
+    /// List recent calls.
+    Calls(commands::calls::CallsArgs),
+    /// Show one call: status, output, logs, timings.
+    Call(commands::call::CallArgs),
+    /// Remove a function.
+    Delete(commands::delete::DeleteArgs),
+    /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
+    Build(commands::build::BuildArgs),
+    /// Create a new function crate.
+    New(commands::new::NewArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Build(args) => commands::build::run(args),
+        Command::New(args) => commands::new::run(args),
+        client_command => run_client(client_command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Client commands share one small runtime; the server builds its own.
+fn run_client(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Deploy(args) => commands::deploy::run(args).await,
+            Command::Invoke(args) => commands::invoke::run(args).await,
+            Command::Functions(args) => commands::functions::run(args).await,
+            Command::Calls(args) => commands::calls::run(args).await,
+            Command::Call(args) => commands::call::run(args).await,
+            Command::Delete(args) => commands::delete::run(args).await,
+            Command::Serve(_) | Command::Build(_) | Command::New(_) => {
+                unreachable!("handled before the client runtime starts")
+            }
+        }
+    })
+}

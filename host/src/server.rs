@@ -1,0 +1,225 @@
+//! The server's shared state and the life of a call: from an accepted request to a
+//! recorded outcome. Used by the sync and async API paths and by recovery at start.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use newt_runtime::{CallOutcome, CallRequest, CallResult, FunctionSpec, Invoker, Limits};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+use crate::store::{CallRecord, CallStatus, FunctionVersion, Store};
+
+/// Limits and settings of a running server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest bundle accepted by a deploy, in bytes.
+    pub max_bundle_bytes: usize,
+    /// Largest call input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// When set, every `/v1` route requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Async calls running at once; the rest wait, `pending`.
+    pub async_concurrency: usize,
+    /// Async calls accepted but not finished; beyond this new ones get 429.
+    pub max_async_backlog: usize,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// Durable state.
+    pub store: Store,
+    /// The engine.
+    pub invoker: Invoker,
+    /// The current version of every function, loaded from the store at start.
+    pub functions: DashMap<String, FunctionVersion>,
+    /// Server settings.
+    pub config: ServerConfig,
+    /// Serialises deploys and deletes, so versions are assigned in request order.
+    pub deploy_lock: tokio::sync::Mutex<()>,
+    async_slots: Arc<Semaphore>,
+    async_backlog: AtomicUsize,
+}
+
+/// The state as handlers hold it.
+pub type SharedState = Arc<AppState>;
+
+/// What a function version keeps in the store's opaque `config` column.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct FunctionConfig {
+    /// Per-call limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The engine's view of a stored function version.
+pub fn spec_of(version: &FunctionVersion) -> FunctionSpec {
+    let config: FunctionConfig = serde_json::from_value(version.config.clone()).unwrap_or_default();
+    FunctionSpec {
+        name: version.name.clone(),
+        version: version.version,
+        runtime: version.runtime.clone(),
+        digest: version.digest.clone(),
+        limits: config.limits,
+    }
+}
+
+impl AppState {
+    /// State over an opened store and a ready invoker; loads the functions.
+    pub fn new(store: Store, invoker: Invoker, config: ServerConfig) -> anyhow::Result<Self> {
+        let functions = DashMap::new();
+        for version in store.current_versions()? {
+            functions.insert(version.name.clone(), version);
+        }
+        Ok(AppState {
+            store,
+            invoker,
+            functions,
+            async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
+            async_backlog: AtomicUsize::new(0),
+            config,
+            deploy_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A new call record for `function`, not yet stored.
+    pub fn new_call(&self, function: &FunctionVersion, input: Bytes, is_async: bool) -> CallRecord {
+        CallRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            num: self.store.next_call_num(),
+            function: function.name.clone(),
+            version: function.version,
+            status: CallStatus::Pending,
+            is_async,
+            input: input.to_vec(),
+            output: None,
+            error: None,
+            logs: Vec::new(),
+            start: None,
+            queue_us: None,
+            init_us: None,
+            exec_us: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Runs a call and records it: `running` when it starts, its outcome when it ends.
+    /// Both writes are write-behind; the caller never waits on the disk.
+    pub async fn run_call(
+        &self,
+        mut record: CallRecord,
+        spec: &FunctionSpec,
+    ) -> Result<CallOutcome, newt_runtime::Error> {
+        record.status = CallStatus::Running;
+        record.version = spec.version;
+        record.started_at = Some(now_ms());
+        self.store.record_call(record.clone()).await;
+
+        let request = CallRequest {
+            call_id: record.id.clone(),
+            input: Bytes::copy_from_slice(&record.input),
+        };
+        let outcome = self.invoker.invoke(spec, request).await;
+        record.finished_at = Some(now_ms());
+        match &outcome {
+            Ok(outcome) => {
+                let (status, error) = match &outcome.result {
+                    CallResult::Done => (CallStatus::Done, None),
+                    CallResult::Failed(m) => (CallStatus::Failed, Some(m.clone())),
+                    CallResult::Timeout(m) => (CallStatus::Timeout, Some(m.clone())),
+                };
+                record.status = status;
+                record.error = error;
+                record.output = Some(outcome.output.to_vec());
+                record.logs = outcome.logs.to_vec();
+                record.start = Some(outcome.start.as_str().to_string());
+                record.queue_us = Some(outcome.timings.queue.as_micros() as i64);
+                record.init_us = Some(outcome.timings.init.as_micros() as i64);
+                record.exec_us = Some(outcome.timings.exec.as_micros() as i64);
+            }
+            Err(e) => {
+                record.status = CallStatus::Failed;
+                record.error = Some(e.to_string());
+            }
+        }
+        self.store.record_call(record).await;
+        outcome
+    }
+
+    /// Accounts for one more accepted async call, or says the backlog is full.
+    pub fn reserve_async(&self) -> bool {
+        let max = self.config.max_async_backlog;
+        self.async_backlog
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`AppState::reserve_async`].
+    pub fn release_async(&self) {
+        self.async_backlog.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs an accepted async call in the background, at most `async_concurrency` at
+    /// once, with the function's newest version.
+    pub fn spawn_async(self: &Arc<Self>, record: CallRecord) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let permit = state.async_slots.clone().acquire_owned().await;
+            let current = state.functions.get(&record.function).map(|f| f.clone());
+            match current {
+                Some(function) => {
+                    let spec = spec_of(&function);
+                    if let Err(e) = state.run_call(record, &spec).await {
+                        tracing::warn!("async call failed to run: {e}");
+                    }
+                }
+                None => {
+                    let mut record = record;
+                    record.status = CallStatus::Failed;
+                    record.error = Some(format!(
+                        "function `{}` was deleted before the call ran",
+                        record.function
+                    ));
+                    record.finished_at = Some(now_ms());
+                    state.store.record_call(record).await;
+                }
+            }
+            drop(permit);
+            state.release_async();
+        });
+    }
+
+    /// At start: fails calls a dead process left running and runs the accepted async
+    /// calls that never started.
+    pub fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let recovery = self.store.recover()?;
+        if recovery.interrupted > 0 {
+            tracing::warn!(
+                calls = recovery.interrupted,
+                "calls interrupted by the previous process marked failed"
+            );
+        }
+        let pending = recovery.pending.len();
+        for record in recovery.pending {
+            self.async_backlog.fetch_add(1, Ordering::AcqRel);
+            self.spawn_async(record);
+        }
+        if pending > 0 {
+            tracing::info!(calls = pending, "resuming accepted async calls");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! The invoker: maps a function to the executor of its runtime and to the pool of its
+//! current version.
+//!
+//! The host hands it a [`FunctionSpec`] and a [`CallRequest`]; the invoker prepares the
+//! version on first use (compile or load from cache), keeps one pool per function and
+//! replaces it (draining the old one) when a newer version arrives.
+
+use async_trait::async_trait;
+use std::path::Path;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use crate::cas::{Cas, Digest};
+use crate::error::{Error, Result};
+use crate::executor::{CallOutcome, CallRequest, Executor, FunctionSpec};
+use crate::pool::{Deployment, FunctionPool};
+
+/// An executor behind a vtable: what the invoker needs from each backend.
+#[async_trait]
+trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn can_handle(&self, runtime: &str) -> bool;
+    async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()>;
+    async fn deploy(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Arc<dyn Deployment>>;
+}
+
+struct ExecutorBackend<E: Executor>(Arc<E>);
+
+#[async_trait]
+impl<E: Executor> Backend for ExecutorBackend<E> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn can_handle(&self, runtime: &str) -> bool {
+        self.0.can_handle(runtime)
+    }
+
+    async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()> {
+        self.0.prepare(spec, bundle).await.map(drop)
+    }
+
+    async fn deploy(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Arc<dyn Deployment>> {
+        let prepared = self.0.prepare(spec, bundle).await?;
+        Ok(Arc::new(FunctionPool::new(
+            self.0.clone(),
+            spec.clone(),
+            prepared,
+        )))
+    }
+}
+
+/// The current version of one function and, once prepared, its pool.
+struct Slot {
+    spec: FunctionSpec,
+    deployment: OnceCell<Arc<dyn Deployment>>,
+}
+
+/// Runs calls of any function on the executor of its runtime.
+pub struct Invoker {
+    cas: Cas,
+    backends: Vec<Arc<dyn Backend>>,
+    slots: DashMap<String, Arc<Slot>>,
+}
+
+impl std::fmt::Debug for Invoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.backends.iter().map(|b| b.name()).collect();
+        f.debug_struct("Invoker")
+            .field("backends", &names)
+            .field("functions", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Invoker {
+    /// An invoker with no executors, reading bundles from `cas`.
+    pub fn new(cas: Cas) -> Self {
+        Invoker {
+            cas,
+            backends: Vec::new(),
+            slots: DashMap::new(),
+        }
+    }
+
+    /// Adds an executor. Executors are asked in the order they were added; the first
+    /// that can handle a runtime runs it.
+    pub fn with_executor<E: Executor>(mut self, executor: E) -> Self {
+        self.backends
+            .push(Arc::new(ExecutorBackend(Arc::new(executor))));
+        self
+    }
+
+    /// The content store bundles are read from.
+    pub fn cas(&self) -> &Cas {
+        &self.cas
+    }
+
+    fn backend(&self, runtime: &str) -> Result<&Arc<dyn Backend>> {
+        self.backends
+            .iter()
+            .find(|b| b.can_handle(runtime))
+            .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))
+    }
+
+    fn bundle_path(&self, spec: &FunctionSpec) -> Result<std::path::PathBuf> {
+        let digest = Digest::parse(&spec.digest)
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("bad digest {:?}", spec.digest)))?;
+        let path = self.cas.path(&digest);
+        if !path.is_file() {
+            return Err(Error::MissingBundle {
+                digest: spec.digest.clone(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// Checks that a bundle can run (for wasm: compiles it, filling the module cache),
+    /// without installing it. Used before a deploy is accepted.
+    pub async fn validate(&self, spec: &FunctionSpec) -> Result<()> {
+        spec.limits.validate()?;
+        let backend = self.backend(&spec.runtime)?;
+        backend.validate(spec, &self.bundle_path(spec)?).await
+    }
+
+    /// Runs one call of `spec`'s version, preparing it first if this process has not
+    /// yet. A newer version replaces the pool of an older one.
+    pub async fn invoke(&self, spec: &FunctionSpec, request: CallRequest) -> Result<CallOutcome> {
+        let deployment = self.deployment(spec).await?;
+        deployment.call(request).await
+    }
+
+    async fn deployment(&self, spec: &FunctionSpec) -> Result<Arc<dyn Deployment>> {
+        let slot = self.slot(spec);
+        let deployment = slot
+            .deployment
+            .get_or_try_init(|| async {
+                let backend = self.backend(&spec.runtime)?;
+                backend.deploy(spec, &self.bundle_path(spec)?).await
+            })
+            .await?;
+        Ok(deployment.clone())
+    }
+
+    /// The slot for this exact version, replacing (and draining) an older one.
+    fn slot(&self, spec: &FunctionSpec) -> Arc<Slot> {
+        if let Some(slot) = self.slots.get(&spec.name) {
+            // A call that read the function just before a redeploy may arrive with the
+            // older spec: calls always run the newest version, never bring back an old one.
+            if slot.spec == *spec || slot.spec.version > spec.version {
+                return slot.clone();
+            }
+        }
+        let fresh = Arc::new(Slot {
+            spec: spec.clone(),
+            deployment: OnceCell::new(),
+        });
+        let old = self.slots.insert(spec.name.clone(), fresh.clone());
+        if let Some(old) = old {
+            drain_in_background(old);
+        }
+        fresh
+    }
+
+    /// Forgets a function and destroys its idle instances.
+    pub fn remove(&self, name: &str) {
+        if let Some((_, old)) = self.slots.remove(name) {
+            drain_in_background(old);
+        }
+    }
+}
+
+fn drain_in_background(slot: Arc<Slot>) {
+    if let Some(deployment) = slot.deployment.get().cloned() {
+        tokio::spawn(async move { deployment.drain().await });
+    }
+}

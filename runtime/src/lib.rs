@@ -1,0 +1,34 @@
+//! newt's engine: runs function calls in pooled, sandboxed instances.
+//!
+//! No HTTP and no database here: the host (`newt-host`) owns those and drives this
+//! crate through four pieces.
+//!
+//! - [`Cas`]: bundles stored once by sha256, written atomically.
+//! - [`Executor`]: a backend that can prepare a function, create instances of it,
+//!   invoke a call in one and destroy it. [`WasmExecutor`] runs WASI preview 1 modules
+//!   in-process on wasmtime; containers are a peer behind the same trait.
+//! - pools (`pool.rs`): where a call finds its instance, and how it started
+//!   ([`StartKind`]).
+//! - [`Invoker`]: maps a function to the executor of its runtime and the pool of its
+//!   current version; the host calls [`Invoker::invoke`] with a [`FunctionSpec`] and a
+//!   [`CallRequest`] and gets a [`CallOutcome`].
+//!
+//! A function failing is a [`CallOutcome`] with [`CallResult::Failed`] or
+//! [`CallResult::Timeout`]; [`Error`] is reserved for what keeps a call from running.
+
+mod cas;
+mod error;
+mod executor;
+mod invoker;
+mod limits;
+mod pool;
+mod wasm;
+
+pub use cas::{Cas, Digest};
+pub use error::{Error, Result};
+pub use executor::{
+    CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, Invocation, StartKind, Timings,
+};
+pub use invoker::Invoker;
+pub use limits::{Limits, MAX_LOG_BYTES, MAX_MEMORY_MB, MAX_OUTPUT_BYTES, MAX_TIMEOUT_MS};
+pub use wasm::{WasmConfig, WasmExecutor, WasmInstance, WasmPrepared};

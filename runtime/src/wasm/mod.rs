@@ -1,0 +1,389 @@
+//! The wasm executor: WASI preview 1 modules run in-process on wasmtime.
+//!
+//! One [`wasmtime::Engine`] per process, with the pooling instance allocator (instance
+//! slots are reused, memories are copy-on-write images: instantiation is tens of
+//! microseconds) and epoch interruption for deadlines. A function version is prepared
+//! once into an `InstancePre` (module compiled or loaded from the on-disk cache, and
+//! linked against WASI); every call gets a fresh instance from it, so no state leaks
+//! between calls.
+//!
+//! The guest ABI: input on stdin, output on stdout, logs on stderr, exit code 0 for
+//! success. The guest sees two environment variables (`NEWT_FUNCTION`,
+//! `NEWT_CALL_ID`), no arguments, no files and no sockets.
+
+mod cache;
+mod pipes;
+
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::cas::Digest;
+use crate::error::{Error, Result};
+use crate::executor::{CallRequest, CallResult, Executor, FunctionSpec, Invocation};
+use crate::limits::MAX_MEMORY_MB;
+use pipes::{CappedPipe, Overflow};
+
+pub(crate) use cache::Source as ModuleSource;
+
+/// How often the engine's epoch advances. A running guest yields to the async
+/// executor at each tick, so one busy guest cannot starve others or the HTTP server.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instance slots of the pooling allocator: the most wasm instances alive at once.
+/// Each slot reserves address space (not memory) for a linear memory of up to
+/// `MAX_MEMORY_MB`.
+const POOL_SLOTS: u32 = 1000;
+
+/// The most table elements a guest may grow a table to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Settings of the wasm executor.
+#[derive(Clone, Debug)]
+pub struct WasmConfig {
+    /// Where compiled modules are cached (`$NEWT_HOME/cache`).
+    pub cache_dir: PathBuf,
+    /// Use the pooling allocator (default). If its address-space reservation fails,
+    /// the executor falls back to on-demand allocation.
+    pub pooling: bool,
+}
+
+/// What a guest's store holds.
+struct Guest {
+    wasi: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+/// Enforces the memory limit and remembers that it did, so a failure can say why.
+struct GuestLimiter {
+    max_memory: usize,
+    denied: Option<usize>,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.denied = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// A function version ready to instantiate.
+pub struct WasmPrepared {
+    pre: InstancePre<Guest>,
+    /// Whether the module came from the on-disk cache or was compiled now.
+    source: ModuleSource,
+}
+
+impl WasmPrepared {
+    /// `true` when preparing had to compile (cache miss).
+    pub fn compiled(&self) -> bool {
+        self.source == ModuleSource::Compiled
+    }
+}
+
+/// One instantiated guest, waiting for its call.
+pub struct WasmInstance {
+    store: Store<Guest>,
+    start: TypedFunc<(), ()>,
+}
+
+/// Runs WASI preview 1 modules on wasmtime.
+pub struct WasmExecutor {
+    engine: Engine,
+    linker: Arc<Linker<Guest>>,
+    cache: cache::ModuleCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WasmExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmExecutor")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .total_stacks(POOL_SLOTS)
+            .max_memory_size((MAX_MEMORY_MB << 20) as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+impl WasmExecutor {
+    /// Builds the engine (pooling allocator unless disabled or unavailable), the WASI
+    /// linker and the module cache, and starts the epoch ticker.
+    pub fn new(config: WasmConfig) -> Result<Self> {
+        let engine = match Engine::new(&engine_config(config.pooling)) {
+            Ok(engine) => engine,
+            Err(e) if config.pooling => {
+                tracing::warn!("pooling allocator unavailable ({e:#}); allocating on demand");
+                Engine::new(&engine_config(false)).map_err(wasm_internal)?
+            }
+            Err(e) => return Err(wasm_internal(e)),
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |g: &mut Guest| &mut g.wasi)
+            .map_err(wasm_internal)?;
+        let cache = cache::ModuleCache::open(config.cache_dir, &engine)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("newt-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Internal(anyhow::anyhow!("starting the epoch ticker: {e}")))?;
+
+        Ok(WasmExecutor {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            ticker_stop,
+        })
+    }
+}
+
+impl Drop for WasmExecutor {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wasm_internal(e: wasmtime::Error) -> Error {
+    Error::Internal(anyhow::anyhow!("wasmtime: {e:#}"))
+}
+
+/// An empty WASI context: instances are created before their call is known, and get
+/// the call's context (stdin, env) just before `_start` runs.
+fn idle_wasi() -> WasiP1Ctx {
+    WasiCtxBuilder::new().build_p1()
+}
+
+#[async_trait]
+impl Executor for WasmExecutor {
+    type Prepared = WasmPrepared;
+    type Instance = WasmInstance;
+
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn can_handle(&self, runtime: &str) -> bool {
+        runtime == "wasm"
+    }
+
+    async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<WasmPrepared> {
+        let digest = Digest::parse(&spec.digest)
+            .ok_or_else(|| Error::InvalidBundle(format!("bad digest {:?}", spec.digest)))?;
+        let (engine, linker, cache) =
+            (self.engine.clone(), self.linker.clone(), self.cache.clone());
+        let bundle = bundle.to_path_buf();
+        // Compiling is CPU-bound for up to seconds: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let (module, source) = cache.load_or_compile(&engine, &digest, &bundle)?;
+            match module.get_export("_start") {
+                Some(wasmtime::ExternType::Func(f))
+                    if f.params().len() == 0 && f.results().len() == 0 => {}
+                _ => {
+                    return Err(Error::InvalidBundle(
+                        "the module exports no `_start() -> ()`: build the function as a WASI \
+                         command (a binary crate with a `main`)"
+                            .into(),
+                    ));
+                }
+            }
+            let pre = linker.instantiate_pre(&module).map_err(|e| {
+                Error::InvalidBundle(format!(
+                    "the module needs imports newt does not provide (only WASI preview 1 is \
+                     available): {e:#}"
+                ))
+            })?;
+            Ok(WasmPrepared { pre, source })
+        })
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+    }
+
+    async fn create(
+        &self,
+        spec: &FunctionSpec,
+        prepared: &Arc<WasmPrepared>,
+    ) -> Result<WasmInstance> {
+        let mut store = Store::new(
+            &self.engine,
+            Guest {
+                wasi: idle_wasi(),
+                limiter: GuestLimiter {
+                    max_memory: spec.limits.memory_bytes(),
+                    denied: None,
+                },
+            },
+        );
+        store.limiter(|g| &mut g.limiter);
+        // No deadline while instantiating: the call's deadline starts with the call.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = prepared
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| {
+                if let Some(asked) = store.data().limiter.denied {
+                    Error::InvalidBundle(format!(
+                        "the module's initial memory ({} MiB) is above its memory limit of {} MiB",
+                        asked >> 20,
+                        spec.limits.memory_mb
+                    ))
+                } else if e.to_string().contains("maximum concurrent") {
+                    Error::AtCapacity {
+                        function: spec.name.clone(),
+                        reason: format!("all {POOL_SLOTS} wasm instance slots are in use"),
+                    }
+                } else {
+                    Error::Internal(anyhow::anyhow!("instantiating: {e:#}"))
+                }
+            })?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(wasm_internal)?;
+        Ok(WasmInstance { store, start })
+    }
+
+    async fn invoke(
+        &self,
+        spec: &FunctionSpec,
+        instance: &mut WasmInstance,
+        call: &CallRequest,
+    ) -> Result<Invocation> {
+        let limits = &spec.limits;
+        let stdout = CappedPipe::new(limits.max_output_bytes as usize, Overflow::Trap);
+        let stderr = CappedPipe::new(limits.max_log_bytes as usize, Overflow::Truncate);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(call.input.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .env("NEWT_FUNCTION", &spec.name)
+            .env("NEWT_CALL_ID", &call.call_id)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build_p1();
+        let store = &mut instance.store;
+        store.data_mut().wasi = wasi;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+
+        // The deadline is enforced here, not by an epoch trap: dropping the call's
+        // future also stops a guest blocked in a host call (e.g. sleeping in
+        // `poll_oneoff`), which no trap inside wasm could reach.
+        let ran =
+            tokio::time::timeout(limits.timeout(), instance.start.call_async(&mut *store, ()))
+                .await;
+
+        let result = match ran {
+            Err(_elapsed) => CallResult::Timeout(format!(
+                "the call ran past its deadline of {} ms",
+                limits.timeout_ms
+            )),
+            Ok(Ok(())) => CallResult::Done,
+            Ok(Err(e)) => classify_failure(&e, &stdout, &stderr, store.data(), limits.memory_mb),
+        };
+        Ok(Invocation {
+            result,
+            output: stdout.contents(),
+            logs: stderr.contents(),
+            // A WASI command's instance is spent once `_start` has run.
+            reusable: false,
+        })
+    }
+
+    async fn destroy(&self, instance: WasmInstance) {
+        drop(instance);
+    }
+}
+
+/// Turns a guest's error exit or trap into the message its caller sees.
+fn classify_failure(
+    e: &wasmtime::Error,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+    guest: &Guest,
+    memory_mb: u64,
+) -> CallResult {
+    let tail = stderr.tail();
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        if exit.0 == 0 {
+            return CallResult::Done;
+        }
+        // The SDK prints the handler's error as the last line of stderr.
+        let last = tail.lines().rev().find(|l| !l.trim().is_empty());
+        return CallResult::Failed(match last {
+            Some(line) => line.trim().to_string(),
+            None => format!("the function exited with code {}", exit.0),
+        });
+    }
+    if stdout.overflowed() {
+        return CallResult::Failed(format!("{e:#}"));
+    }
+    let detail = panic_lines(&tail);
+    if guest.limiter.denied.is_some() {
+        return CallResult::Failed(format!("memory limit of {memory_mb} MiB exceeded{detail}"));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => CallResult::Failed(format!("trap: {trap}{detail}")),
+        None => CallResult::Failed(format!("{e:#}{detail}")),
+    }
+}
+
+/// The last few meaningful stderr lines (a Rust panic message), prefixed for
+/// appending to a trap message.
+fn panic_lines(tail: &str) -> String {
+    let lines: Vec<&str> = tail
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let keep = &lines[lines.len().saturating_sub(4)..];
+    if keep.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", keep.join("\n"))
+    }
+}

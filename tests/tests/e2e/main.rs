@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `newt` binary over loopback, the real wasmtime engine
+//! and the real SQLite database. One binary, a module per area.
+
+mod api;
+mod auth;
+mod cli;
+mod limits;
+mod restart;
+mod support;

@@ -3,7 +3,10 @@
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use newt_runtime::{CallOutcome, CallRequest, CallResult, FunctionSpec, Invoker, Limits};
+use newt_runtime::{
+    CallOutcome, CallRequest, CallResult, ContainerRuntime, DockerExecutor, FunctionSpec, Invoker,
+    Limits,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,8 +35,13 @@ pub struct AppState {
     pub store: Store,
     /// The engine.
     pub invoker: Invoker,
-    /// The current version of every function, loaded from the store at start.
+    /// The newest version of every function (what `GET` shows), loaded at start.
     pub functions: DashMap<String, FunctionVersion>,
+    /// The newest *ready* version of every function: what calls run. Differs from
+    /// `functions` while a container function's new version is being built.
+    pub serving: DashMap<String, FunctionVersion>,
+    /// The container executor, for runtimes and health.
+    pub docker: Arc<DockerExecutor>,
     /// Server settings.
     pub config: ServerConfig,
     /// Serialises deploys and deletes, so versions are assigned in request order.
@@ -52,6 +60,13 @@ pub struct FunctionConfig {
     #[serde(default)]
     pub limits: Limits,
 }
+
+/// A version that calls can run.
+pub const STATUS_READY: &str = "ready";
+/// A container function version whose image is being built.
+pub const STATUS_PENDING: &str = "pending";
+/// A version whose build failed; `status_message` says why.
+pub const STATUS_FAILED: &str = "failed";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -74,16 +89,43 @@ pub fn spec_of(version: &FunctionVersion) -> FunctionSpec {
 }
 
 impl AppState {
-    /// State over an opened store and a ready invoker; loads the functions.
-    pub fn new(store: Store, invoker: Invoker, config: ServerConfig) -> anyhow::Result<Self> {
+    /// State over an opened store and a ready invoker; loads the functions and the
+    /// registered container runtimes.
+    pub fn new(
+        store: Store,
+        invoker: Invoker,
+        docker: Arc<DockerExecutor>,
+        config: ServerConfig,
+    ) -> anyhow::Result<Self> {
+        docker.register_runtime(ContainerRuntime::builtin_python());
+        for definition in store.runtimes()? {
+            match serde_json::from_value::<ContainerRuntime>(definition) {
+                Ok(runtime) => docker.register_runtime(runtime),
+                Err(e) => tracing::warn!("ignoring an unreadable saved runtime: {e}"),
+            }
+        }
         let functions = DashMap::new();
+        let serving = DashMap::new();
         for version in store.current_versions()? {
+            let ready = if version.status == STATUS_READY {
+                Some(version.clone())
+            } else {
+                store
+                    .versions(&version.name)?
+                    .into_iter()
+                    .find(|v| v.status == STATUS_READY)
+            };
+            if let Some(ready) = ready {
+                serving.insert(ready.name.clone(), ready);
+            }
             functions.insert(version.name.clone(), version);
         }
         Ok(AppState {
             store,
             invoker,
             functions,
+            serving,
+            docker,
             async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
             async_backlog: AtomicUsize::new(0),
             config,
@@ -178,7 +220,7 @@ impl AppState {
         let state = self.clone();
         tokio::spawn(async move {
             let permit = state.async_slots.clone().acquire_owned().await;
-            let current = state.functions.get(&record.function).map(|f| f.clone());
+            let current = state.serving.get(&record.function).map(|f| f.clone());
             match current {
                 Some(function) => {
                     let spec = spec_of(&function);
@@ -202,6 +244,47 @@ impl AppState {
         });
     }
 
+    /// Builds a pending container version in the background (or now, awaited, when
+    /// the caller wants the result) and records `ready` or `failed` with the reason.
+    pub async fn build_version(self: &Arc<Self>, version: FunctionVersion) -> FunctionVersion {
+        let spec = spec_of(&version);
+        let started = std::time::Instant::now();
+        let built = self.invoker.validate(&spec).await;
+        let (status, message) = match &built {
+            Ok(()) => (STATUS_READY, None),
+            Err(e) => (STATUS_FAILED, Some(e.to_string())),
+        };
+        tracing::info!(
+            function = %version.name,
+            version = version.version,
+            status,
+            secs = started.elapsed().as_secs_f32(),
+            "build finished"
+        );
+        let store = self.store.clone();
+        let (name, number, text) = (version.name.clone(), version.version, message.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            store.set_version_status(&name, number, status, text.as_deref())
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::error!(function = %version.name, "could not record the build status: {saved:?}");
+        }
+        let mut version = version;
+        version.status = status.to_string();
+        version.status_message = message;
+        // Only if no newer deploy or delete happened meanwhile.
+        let _guard = self.deploy_lock.lock().await;
+        let newest = self.functions.get(&version.name).map(|f| f.version);
+        if newest == Some(version.version) {
+            self.functions.insert(version.name.clone(), version.clone());
+            if status == STATUS_READY {
+                self.serving.insert(version.name.clone(), version.clone());
+            }
+        }
+        version
+    }
+
     /// At start: fails calls a dead process left running and runs the accepted async
     /// calls that never started.
     pub fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -219,6 +302,13 @@ impl AppState {
         }
         if pending > 0 {
             tracing::info!(calls = pending, "resuming accepted async calls");
+        }
+        // Builds a dead process left unfinished start again.
+        for function in self.functions.iter() {
+            if function.status == STATUS_PENDING {
+                let (state, version) = (self.clone(), function.clone());
+                tokio::spawn(async move { state.build_version(version).await });
+            }
         }
         Ok(())
     }

@@ -78,6 +78,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS calls_function_num ON calls (function, num);
     CREATE INDEX IF NOT EXISTS calls_status ON calls (status);
     CREATE UNIQUE INDEX IF NOT EXISTS calls_num ON calls (num);",
+    // 2: container runtimes registered through the API, as their JSON definition.
+    "CREATE TABLE IF NOT EXISTS runtimes (
+        name       TEXT    PRIMARY KEY,
+        definition TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 const CALL_COLUMNS: &str = "id, num, function, version, status, is_async, input, output, \
@@ -461,6 +467,46 @@ impl Store {
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .with_context(|| format!("listing versions of function {name}"))
+    }
+
+    /// Saves a container runtime's definition under `name`, replacing an older one.
+    /// Blocking.
+    pub fn put_runtime(&self, name: &str, definition: &serde_json::Value) -> Result<()> {
+        self.inner
+            .admin()
+            .execute(
+                "INSERT INTO runtimes (name, definition, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET definition = excluded.definition",
+                params![name, definition.to_string(), now_ms()],
+            )
+            .with_context(|| format!("saving runtime {name}"))?;
+        Ok(())
+    }
+
+    /// Every saved runtime definition, by name. Blocking.
+    pub fn runtimes(&self) -> Result<Vec<serde_json::Value>> {
+        self.inner
+            .read_blocking(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT definition FROM runtimes ORDER BY name")?;
+                let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+                let mut out = Vec::new();
+                for text in rows {
+                    out.push(serde_json::from_str(&text?)?);
+                }
+                Ok(out)
+            })
+            .context("listing runtimes")
+    }
+
+    /// Removes a saved runtime; `false` if there was none. Blocking.
+    pub fn delete_runtime(&self, name: &str) -> Result<bool> {
+        let changed = self
+            .inner
+            .admin()
+            .execute("DELETE FROM runtimes WHERE name = ?1", [name])
+            .with_context(|| format!("deleting runtime {name}"))?;
+        Ok(changed > 0)
     }
 
     /// Deletes function `name`: its versions are hidden (their numbers stay taken) and
@@ -1173,5 +1219,26 @@ mod tests {
             [3, 1]
         );
         assert!(list(Some("nobody"), None, 0, None).await.is_empty());
+    }
+    #[tokio::test]
+    async fn runtimes_are_saved_replaced_listed_and_deleted_across_reopen() {
+        let (_dir, path, store) = open_temp();
+        let first = serde_json::json!({"name": "py", "image": "a", "run": "python3 x.py"});
+        let second = serde_json::json!({"name": "py", "image": "b", "run": "python3 x.py"});
+        store.put_runtime("py", &first).unwrap();
+        store.put_runtime("py", &second).unwrap();
+        store
+            .put_runtime("alpha", &serde_json::json!({"name": "alpha"}))
+            .unwrap();
+        store.close().await;
+
+        let store = Store::open(&path).unwrap();
+        let all = store.runtimes().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0]["name"], "alpha");
+        assert_eq!(all[1]["image"], "b");
+        assert!(store.delete_runtime("py").unwrap());
+        assert!(!store.delete_runtime("py").unwrap());
+        assert_eq!(store.runtimes().unwrap().len(), 1);
     }
 }

@@ -19,6 +19,10 @@ pub enum Error {
     #[error("no executor handles runtime `{0}`")]
     UnknownRuntime(String),
 
+    /// A container runtime definition is unusable (bad name, missing image...).
+    #[error("invalid runtime: {0}")]
+    InvalidRuntime(String),
+
     /// The limits given for a function are out of range.
     #[error("invalid limits: {0}")]
     InvalidLimits(String),
@@ -31,6 +35,11 @@ pub enum Error {
         /// What went wrong, for the caller.
         reason: String,
     },
+
+    /// An instance could not be started or could not load the function (a container
+    /// that exits at once, an import error in the handler module...).
+    #[error("the function's instance could not start: {0}")]
+    InstanceStart(String),
 
     /// Every instance slot is taken and the wait queue is full.
     #[error("function `{function}` is at capacity: {reason}")]

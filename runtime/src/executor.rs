@@ -150,3 +150,11 @@ pub trait Executor: Send + Sync + 'static {
     /// Gets rid of an instance and everything it holds.
     async fn destroy(&self, instance: Self::Instance);
 }
+
+/// Milliseconds since the Unix epoch (deadlines handed to guests).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
@@ -87,9 +88,14 @@ impl Invoker {
 
     /// Adds an executor. Executors are asked in the order they were added; the first
     /// that can handle a runtime runs it.
-    pub fn with_executor<E: Executor>(mut self, executor: E) -> Self {
-        self.backends
-            .push(Arc::new(ExecutorBackend(Arc::new(executor))));
+    pub fn with_executor<E: Executor>(self, executor: E) -> Self {
+        self.with_shared_executor(Arc::new(executor))
+    }
+
+    /// Adds an executor the caller keeps a handle to (to register container runtimes
+    /// or ask for health while the invoker runs calls on it).
+    pub fn with_shared_executor<E: Executor>(mut self, executor: Arc<E>) -> Self {
+        self.backends.push(Arc::new(ExecutorBackend(executor)));
         self
     }
 
@@ -128,20 +134,29 @@ impl Invoker {
     /// Runs one call of `spec`'s version, preparing it first if this process has not
     /// yet. A newer version replaces the pool of an older one.
     pub async fn invoke(&self, spec: &FunctionSpec, request: CallRequest) -> Result<CallOutcome> {
-        let deployment = self.deployment(spec).await?;
-        deployment.call(request).await
+        let (deployment, prepare_time) = self.deployment(spec).await?;
+        let mut outcome = deployment.call(request).await?;
+        // The call that had to prepare the version (load or compile it) paid for that.
+        outcome.timings.init += prepare_time;
+        Ok(outcome)
     }
 
-    async fn deployment(&self, spec: &FunctionSpec) -> Result<Arc<dyn Deployment>> {
+    /// The pool of `spec`'s version, and how long this call spent preparing it (zero
+    /// unless this call was the one that did).
+    async fn deployment(&self, spec: &FunctionSpec) -> Result<(Arc<dyn Deployment>, Duration)> {
         let slot = self.slot(spec);
+        let mut prepare_time = Duration::ZERO;
         let deployment = slot
             .deployment
             .get_or_try_init(|| async {
+                let started = Instant::now();
                 let backend = self.backend(&spec.runtime)?;
-                backend.deploy(spec, &self.bundle_path(spec)?).await
+                let deployment = backend.deploy(spec, &self.bundle_path(spec)?).await;
+                prepare_time = started.elapsed();
+                deployment
             })
             .await?;
-        Ok(deployment.clone())
+        Ok((deployment.clone(), prepare_time))
     }
 
     /// The slot for this exact version, replacing (and draining) an older one.

@@ -16,7 +16,9 @@
 //! A function failing is a [`CallOutcome`] with [`CallResult::Failed`] or
 //! [`CallResult::Timeout`]; [`Error`] is reserved for what keeps a call from running.
 
+mod bundle;
 mod cas;
+mod docker;
 mod error;
 mod executor;
 mod invoker;
@@ -24,7 +26,12 @@ mod limits;
 mod pool;
 mod wasm;
 
+pub use bundle::{ArchiveKind, BundleLimits, Unpacked, unpack};
 pub use cas::{Cas, Digest};
+pub use docker::{
+    ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor,
+    DockerHealth, RunMode,
+};
 pub use error::{Error, Result};
 pub use executor::{
     CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, Invocation, StartKind, Timings,

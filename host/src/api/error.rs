@@ -109,6 +109,10 @@ impl From<newt_runtime::Error> for ApiError {
         match e {
             E::InvalidBundle(m) => ApiError::InvalidBundle(m),
             E::InvalidLimits(m) => ApiError::BadRequest(format!("invalid limits: {m}")),
+            E::InvalidRuntime(m) => ApiError::InvalidBundle(format!("invalid runtime: {m}")),
+            E::InstanceStart(m) => {
+                ApiError::FunctionFailed(format!("the function's instance could not start: {m}"))
+            }
             E::UnknownRuntime(r) => ApiError::BadRequest(format!(
                 "unknown runtime `{r}`: use `wasm` or a registered container runtime"
             )),
@@ -199,6 +203,8 @@ mod tests {
         let cases = [
             (E::InvalidBundle("x".into()), 422),
             (E::InvalidLimits("x".into()), 400),
+            (E::InvalidRuntime("x".into()), 422),
+            (E::InstanceStart("x".into()), 502),
             (E::UnknownRuntime("x".into()), 400),
             (
                 E::Unavailable {

@@ -3,16 +3,18 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits};
+use newt_runtime::{ArchiveKind, CallOutcome, CallResult, FunctionSpec, Limits};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
-use crate::server::{FunctionConfig, SharedState, spec_of};
+use crate::server::{
+    FunctionConfig, STATUS_FAILED, STATUS_PENDING, STATUS_READY, SharedState, spec_of,
+};
 use crate::store::FunctionVersion;
 
 /// The runtime of functions deployed without `?runtime=`.
@@ -52,6 +54,29 @@ fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiRe
         } else {
             ApiError::BadRequest(format!("could not read the request body: {rejection}"))
         }
+    })
+}
+
+/// The version calls of `name` run: the newest ready one. A function whose only
+/// versions are building or failed answers 409 with what to do.
+pub fn serving(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
+    let newest = current(state, name)?;
+    if let Some(ready) = state.serving.get(name) {
+        return Ok(ready.clone());
+    }
+    Err(match newest.status.as_str() {
+        STATUS_PENDING => ApiError::Conflict(format!(
+            "function `{name}` is still being built: retry when GET /v1/functions/{name} \
+             says ready"
+        )),
+        _ => ApiError::Conflict(format!(
+            "function `{name}` has no runnable version: its build failed ({}); deploy a fixed \
+             bundle",
+            newest
+                .status_message
+                .as_deref()
+                .unwrap_or("see GET /v1/functions/{name}")
+        )),
     })
 }
 
@@ -108,28 +133,113 @@ fn deploy_options(query: &HashMap<String, String>) -> ApiResult<(String, Limits)
     Ok((runtime, limits))
 }
 
-/// `PUT /v1/functions/{name}`: the body is the bundle. Compiles it before answering:
-/// 201 with the new version, 200 if the same bundle and limits are already current.
+/// The bundle of a deploy request: the raw body, or the `module` field of a
+/// `multipart/form-data` body (the seed platform's form).
+pub async fn read_bundle(state: &SharedState, request: Request) -> ApiResult<Bytes> {
+    let limit = state.config.max_bundle_bytes;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let bundle = if is_multipart {
+        let mut form = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("unreadable multipart body: {e}")))?;
+        let mut module = None;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(e, limit))?
+        {
+            if field.name() == Some("module") {
+                module = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
+            }
+        }
+        module.ok_or_else(|| {
+            ApiError::BadRequest(
+                "the multipart body has no `module` field holding the bundle".into(),
+            )
+        })?
+    } else {
+        body(Bytes::from_request(request, state).await, limit, "bundle")?
+    };
+    if bundle.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the bundle is empty: send the .wasm file (or the .tar.gz / .zip for a container \
+             runtime) as the body"
+                .into(),
+        ));
+    }
+    Ok(bundle)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "the bundle is larger than the limit of {limit} bytes"
+        ))
+    } else {
+        ApiError::BadRequest(format!("unreadable multipart body: {e}"))
+    }
+}
+
+/// `PUT /v1/functions/{name}[?runtime=&wait=&limits...]`: the body is the bundle.
+/// A wasm module is compiled before the answer (201 new version, 200 unchanged). A
+/// container function answers 202 with status `pending` while its image builds,
+/// unless `wait=true`.
 pub async fn deploy(
     State(state): State<SharedState>,
     Path(name): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    bundle: Result<Bytes, BytesRejection>,
+    Query(mut query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> ApiResult<Response> {
     validate_name(&name)?;
+    let wait = query
+        .remove("wait")
+        .is_some_and(|v| v == "true" || v == "1" || v.is_empty());
     let (runtime, limits) = deploy_options(&query)?;
-    let bundle = body(bundle, state.config.max_bundle_bytes, "bundle")?;
-    if bundle.is_empty() {
-        return Err(ApiError::BadRequest(
-            "the request body is empty: send the function's .wasm file as the body".into(),
-        ));
-    }
-    if runtime == DEFAULT_RUNTIME && !bundle.starts_with(b"\0asm") {
+    let bundle = read_bundle(&state, request).await?;
+    let (status, version) = deploy_bundle(&state, &name, &runtime, limits, bundle, wait).await?;
+    Ok((status, Json(function_json(&version))).into_response())
+}
+
+/// Stores a bundle and makes it the newest version of `name`. Shared by the v1 and
+/// seed routes.
+pub async fn deploy_bundle(
+    state: &SharedState,
+    name: &str,
+    runtime: &str,
+    limits: Limits,
+    bundle: Bytes,
+    wait: bool,
+) -> ApiResult<(StatusCode, FunctionVersion)> {
+    let is_wasm = runtime == DEFAULT_RUNTIME;
+    if is_wasm && !bundle.starts_with(b"\0asm") {
         return Err(ApiError::InvalidBundle(
             "the body is not a WebAssembly module (it does not start with \\0asm): send the \
              .wasm file built for wasm32-wasip1"
                 .into(),
         ));
+    }
+    if !is_wasm {
+        if state.docker.runtime(runtime).is_none() {
+            let known: Vec<String> = state
+                .docker
+                .runtimes()
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            return Err(ApiError::BadRequest(format!(
+                "unknown runtime `{runtime}`: use wasm or one of: {}",
+                known.join(", ")
+            )));
+        }
+        if ArchiveKind::detect(&bundle).is_none() {
+            return Err(ApiError::InvalidBundle(
+                "a container function's bundle must be a .tar.gz, .tar or .zip archive".into(),
+            ));
+        }
     }
 
     let cas = state.invoker.cas().clone();
@@ -142,35 +252,66 @@ pub async fn deploy(
     })
     .map_err(anyhow::Error::from)?;
 
-    let _guard = state.deploy_lock.lock().await;
-    if let Some(existing) = state.functions.get(&name).map(|f| f.clone())
+    let guard = state.deploy_lock.lock().await;
+    if let Some(existing) = state.functions.get(name).map(|f| f.clone())
         && existing.digest == digest.as_str()
         && existing.runtime == runtime
+        && existing.status != STATUS_FAILED
         && spec_of(&existing).limits == limits
     {
-        return Ok((StatusCode::OK, Json(function_json(&existing))).into_response());
+        return Ok((StatusCode::OK, existing));
     }
 
-    // Compile before recording anything: a bundle that cannot run never becomes a
-    // version.
     let candidate = FunctionSpec {
-        name: name.clone(),
+        name: name.to_string(),
         version: 0,
-        runtime: runtime.clone(),
+        runtime: runtime.to_string(),
         digest: digest.to_string(),
         limits,
     };
-    state.invoker.validate(&candidate).await?;
-
+    if is_wasm {
+        // Compile before recording anything: a module that cannot run never becomes a
+        // version.
+        state.invoker.validate(&candidate).await?;
+    }
+    let status = if is_wasm {
+        STATUS_READY
+    } else {
+        STATUS_PENDING
+    };
     let store = state.store.clone();
-    let (n, r, d) = (name.clone(), runtime.clone(), digest.to_string());
+    let (n, r, d) = (name.to_string(), runtime.to_string(), digest.to_string());
     let version =
-        tokio::task::spawn_blocking(move || store.add_version(&n, &r, &d, size, &config, "ready"))
+        tokio::task::spawn_blocking(move || store.add_version(&n, &r, &d, size, &config, status))
             .await
             .map_err(|e| anyhow::anyhow!("recording the version: {e}"))??;
-    state.functions.insert(name.clone(), version.clone());
-    tracing::info!(function = %name, version = version.version, %digest, "deployed");
-    Ok((StatusCode::CREATED, Json(function_json(&version))).into_response())
+    state.functions.insert(name.to_string(), version.clone());
+    if is_wasm {
+        state.serving.insert(name.to_string(), version.clone());
+    }
+    drop(guard);
+    tracing::info!(function = %name, version = version.version, %digest, runtime, "deployed");
+    if is_wasm {
+        return Ok((StatusCode::CREATED, version));
+    }
+    if wait {
+        let built = state.build_version(version).await;
+        return match built.status.as_str() {
+            STATUS_READY => Ok((StatusCode::CREATED, built)),
+            _ => Err(ApiError::InvalidBundle(
+                built
+                    .status_message
+                    .unwrap_or_else(|| "the build failed".into()),
+            )),
+        };
+    }
+    let background = state.clone();
+    tokio::spawn(async move { background.build_version(version.clone()).await });
+    let pending = state.functions.get(name).map(|f| f.clone());
+    Ok((
+        StatusCode::ACCEPTED,
+        pending.ok_or_else(|| anyhow::anyhow!("function vanished"))?,
+    ))
 }
 
 /// `GET /v1/functions`.
@@ -221,6 +362,7 @@ pub async fn delete(
         .await
         .map_err(|e| anyhow::anyhow!("deleting: {e}"))??;
     state.functions.remove(&name);
+    state.serving.remove(&name);
     state.invoker.remove(&name);
     tracing::info!(function = %name, "deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -233,7 +375,7 @@ pub async fn invoke(
     Query(query): Query<HashMap<String, String>>,
     input: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let function = current(&state, &name)?;
+    let function = serving(&state, &name)?;
     let is_async = match query.get("async").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,

@@ -7,6 +7,8 @@ mod auth;
 mod calls;
 pub mod error;
 mod functions;
+mod runtimes;
+mod seed;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -34,12 +36,37 @@ pub fn app(state: SharedState) -> Router {
         )
         .route("/calls", get(calls::list))
         .route("/calls/{id}", get(calls::show))
+        .route("/runtimes", get(runtimes::list).post(runtimes::create))
+        .route(
+            "/runtimes/{name}",
+            get(runtimes::show).delete(runtimes::delete),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    // The seed platform's routes, with its bodies, behind the same token.
+    let seed = Router::new()
+        .route("/registerRuntime", post(seed::register_runtime))
+        .route(
+            "/registerFunction/{runtime}/{name}",
+            post(seed::register_function).layer(DefaultBodyLimit::max(config.max_bundle_bytes)),
+        )
+        .route(
+            "/invokeFunction",
+            post(seed::invoke_function).layer(DefaultBodyLimit::max(config.max_input_bytes)),
+        )
+        .route("/runtimes", get(seed::runtimes))
+        .route("/functions", get(seed::functions))
+        .route("/calls", get(seed::calls))
+        .route("/call/{num}", get(seed::call))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
     Router::new()
         .nest("/v1", v1)
+        .merge(seed)
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .with_state(state)
@@ -52,6 +79,7 @@ async fn healthz(
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "functions": state.functions.len(),
+        "docker": state.docker.health().await,
     }))
 }
 

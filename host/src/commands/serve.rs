@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use axum::body::Body;
 use axum::http::Request;
-use newt_runtime::{Cas, Invoker, WasmConfig, WasmExecutor};
+use newt_runtime::{Cas, DockerConfig, DockerExecutor, Invoker, WasmConfig, WasmExecutor};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,7 +122,13 @@ async fn serve(
         pooling: !args.no_pooling,
     })
     .context("starting the wasm engine")?;
-    let invoker = Invoker::new(cas).with_executor(wasm);
+    let docker = Arc::new(DockerExecutor::new(DockerConfig {
+        address: std::env::var("DOCKER_HOST").ok(),
+        work_dir: home.join("docker"),
+    }));
+    let invoker = Invoker::new(cas)
+        .with_executor(wasm)
+        .with_shared_executor(docker.clone());
     let config = ServerConfig {
         max_bundle_bytes: args.max_bundle_bytes,
         max_input_bytes: args.max_input_bytes,
@@ -130,7 +136,13 @@ async fn serve(
         async_concurrency: args.async_concurrency,
         max_async_backlog: args.max_async_backlog,
     };
-    let state = Arc::new(AppState::new(store.clone(), invoker, config)?);
+    remove_leftover_containers(&docker).await;
+    let state = Arc::new(AppState::new(
+        store.clone(),
+        invoker,
+        docker.clone(),
+        config,
+    )?);
     state.recover()?;
     let app = crate::api::app(state.clone());
 
@@ -162,9 +174,29 @@ async fn serve(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
-    tracing::info!("shutting down: flushing call records");
+    tracing::info!("shutting down: flushing call records, removing containers");
     store.close().await;
+    remove_leftover_containers(&docker).await;
     Ok(())
+}
+
+/// Containers carrying newt's label belong to no live process: remove them. Without
+/// a reachable engine there is nothing to do (and wasm works regardless).
+async fn remove_leftover_containers(docker: &DockerExecutor) {
+    let health = docker.health().await;
+    if !health.reachable {
+        tracing::warn!(
+            address = %health.address,
+            "Docker engine not reachable ({}): container functions answer 503, wasm works",
+            health.error.unwrap_or_default()
+        );
+        return;
+    }
+    match docker.remove_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(containers = n, "removed containers left by a previous run"),
+        Err(e) => tracing::warn!("could not remove leftover containers: {e}"),
+    }
 }
 
 /// Deploys `path` as `name` through the API itself, so the same checks apply.

@@ -1,0 +1,552 @@
+//! Containers as instances: created hardened, attached before start, spoken to over
+//! stdio, removed when spent.
+//!
+//! Why stdio and not a socket: the attached stdin/stdout needs no container network,
+//! so containers run with `network_mode: none`, and a round trip costs ~0.2 ms.
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::protocol::{AgentMessage, FrameReader, HostMessage, ProtocolError, encode};
+use super::{ContainerRuntime, RunMode};
+use crate::error::{Error, Result};
+use crate::executor::{CallRequest, CallResult, FunctionSpec, Invocation};
+
+/// The uid functions run as: not root, not any user of the image.
+pub(crate) const FUNCTION_UID: &str = "10001";
+/// Processes a function may have at once (a fork bomb stops here).
+const PIDS_LIMIT: i64 = 128;
+/// CPU a container may use, in billionths of a CPU (1 CPU).
+const NANO_CPUS: i64 = 1_000_000_000;
+/// Size of the writable /tmp.
+const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
+/// How long the agent gets to import the function.
+const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Room for the JSON around a result's output and logs.
+const FRAME_OVERHEAD: u64 = 64 * 1024;
+
+type Output =
+    Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// One container serving one function version.
+pub struct ContainerInstance {
+    pub(crate) id: String,
+    mode: RunMode,
+    workdir: String,
+    run: String,
+    io: Option<AgentIo>,
+}
+
+/// The attached stdio of an agent-mode container.
+struct AgentIo {
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    output: Output,
+    frames: FrameReader,
+    stderr: Vec<u8>,
+}
+
+fn docker_error(action: &str, e: bollard::errors::Error) -> Error {
+    Error::Internal(anyhow::anyhow!("{action}: {e}"))
+}
+
+/// The hardening every function container gets.
+fn host_config(spec: &FunctionSpec) -> HostConfig {
+    let memory = (spec.limits.memory_mb << 20) as i64;
+    HostConfig {
+        network_mode: Some("none".into()),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            TMPFS_OPTIONS.to_string(),
+        )])),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(memory),
+        // Equal to memory: no swap, so the limit is real and OOM is reported.
+        memory_swap: Some(memory),
+        nano_cpus: Some(NANO_CPUS),
+        pids_limit: Some(PIDS_LIMIT),
+        init: Some(true),
+        // json-file has no size cap and halves attach throughput.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates, attaches and starts a container for `spec` from `image`; in agent mode
+/// also loads the function and waits for the agent to say it is ready.
+pub(crate) async fn start(
+    docker: &Docker,
+    spec: &FunctionSpec,
+    runtime: &ContainerRuntime,
+    image: &str,
+    handler: &str,
+) -> Result<ContainerInstance> {
+    let instance_id = uuid_like();
+    let name = format!("newt-{}-{}", spec.name, &instance_id[..12]);
+    let labels = HashMap::from([
+        ("newt.managed".to_string(), "true".to_string()),
+        ("newt.function".to_string(), spec.name.clone()),
+        ("newt.runtime".to_string(), runtime.name.clone()),
+        ("newt.instance".to_string(), instance_id.clone()),
+    ]);
+    let agent = runtime.mode == RunMode::Agent;
+    let cmd = if agent {
+        split_command(&runtime.run)
+    } else {
+        // Command mode: the container only stays up; `run` is exec'd per call.
+        vec!["sleep".into(), "infinity".into()]
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(cmd),
+        user: Some(FUNCTION_UID.into()),
+        working_dir: Some(runtime.path.clone()),
+        env: Some(vec![format!("NEWT_FUNCTION={}", spec.name)]),
+        attach_stdin: Some(agent),
+        attach_stdout: Some(agent),
+        attach_stderr: Some(agent),
+        open_stdin: Some(agent),
+        // Closing our end of stdin ends the container.
+        stdin_once: Some(agent),
+        tty: Some(false),
+        labels: Some(labels),
+        host_config: Some(host_config(spec)),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .map_err(|e| docker_error("creating a container", e))?;
+    let id = created.id;
+    let mut instance = ContainerInstance {
+        id: id.clone(),
+        mode: runtime.mode,
+        workdir: runtime.path.clone(),
+        run: runtime.run.clone(),
+        io: None,
+    };
+    let started = async {
+        if agent {
+            // Attach before start, or the first bytes could be lost.
+            let attached = docker
+                .attach_container(
+                    &id,
+                    Some(
+                        AttachContainerOptionsBuilder::default()
+                            .stream(true)
+                            .stdin(true)
+                            .stdout(true)
+                            .stderr(true)
+                            .build(),
+                    ),
+                )
+                .await
+                .map_err(|e| docker_error("attaching to a container", e))?;
+            instance.io = Some(AgentIo {
+                input: attached.input,
+                output: attached.output,
+                frames: FrameReader::new(frame_limit(spec)),
+                stderr: Vec::new(),
+            });
+        }
+        docker
+            .start_container(
+                &id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| docker_error("starting a container", e))?;
+        if agent {
+            init_agent(docker, &mut instance, spec, runtime, handler).await?;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    if let Err(e) = started {
+        remove(docker, &id).await;
+        return Err(e);
+    }
+    Ok(instance)
+}
+
+fn frame_limit(spec: &FunctionSpec) -> usize {
+    (spec.limits.max_output_bytes + 2 * spec.limits.max_log_bytes + FRAME_OVERHEAD) as usize
+}
+
+async fn init_agent(
+    docker: &Docker,
+    instance: &mut ContainerInstance,
+    spec: &FunctionSpec,
+    runtime: &ContainerRuntime,
+    handler: &str,
+) -> Result<()> {
+    let init = encode(&HostMessage::Init {
+        function: &spec.name,
+        handler,
+        workdir: &runtime.path,
+        env: HashMap::new(),
+        max_log_bytes: spec.limits.max_log_bytes,
+    });
+    let id = instance.id.clone();
+    let io = instance.io.as_mut().expect("agent instances are attached");
+    io.input
+        .write_all(&init)
+        .await
+        .map_err(|e| Error::InstanceStart(format!("sending init to the agent: {e}")))?;
+    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
+        Err(_) => Err(Error::InstanceStart(format!(
+            "the agent did not load the function within {} s",
+            INIT_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(AgentMessage::Ready { .. })) => Ok(()),
+        Ok(Ok(AgentMessage::Error { error, logs })) => Err(Error::InstanceStart(format!(
+            "the function failed to load: {}{}",
+            error.trim_end(),
+            if logs.is_empty() {
+                String::new()
+            } else {
+                format!("\n{logs}")
+            }
+        ))),
+        Ok(Ok(other)) => Err(Error::InstanceStart(format!(
+            "the agent answered init with {other:?}"
+        ))),
+        Ok(Err(ended)) => Err(Error::InstanceStart(
+            ended.describe(docker, &id, spec).await,
+        )),
+    }
+}
+
+/// Why reading from a container stopped.
+enum Ended {
+    /// The stream closed: the container is gone.
+    Closed,
+    /// The agent sent something that is not the protocol.
+    Protocol(ProtocolError),
+}
+
+impl Ended {
+    async fn describe(&self, docker: &Docker, id: &str, spec: &FunctionSpec) -> String {
+        match self {
+            Ended::Protocol(e) => format!("the container broke the protocol: {e}"),
+            Ended::Closed => exit_reason(docker, id, spec).await,
+        }
+    }
+}
+
+/// Reads until one whole message arrives, keeping stderr aside.
+async fn next_message(io: &mut AgentIo) -> std::result::Result<AgentMessage, Ended> {
+    loop {
+        match io.frames.next_message() {
+            Ok(Some(message)) => return Ok(message),
+            Ok(None) => {}
+            Err(e) => return Err(Ended::Protocol(e)),
+        }
+        match io.output.next().await {
+            Some(Ok(LogOutput::StdOut { message })) => io.frames.push(&message),
+            Some(Ok(LogOutput::StdErr { message })) => {
+                if io.stderr.len() < 1 << 20 {
+                    io.stderr.extend_from_slice(&message);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(Ended::Closed),
+        }
+    }
+}
+
+/// Asks the engine how a container ended: OOM, exit code, or still running.
+pub(crate) async fn exit_reason(docker: &Docker, id: &str, spec: &FunctionSpec) -> String {
+    // The engine may record the exit a moment after the stream closes.
+    for _ in 0..20 {
+        if let Ok(inspect) = docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            && let Some(state) = inspect.state
+        {
+            if state.oom_killed == Some(true) {
+                return format!("out of memory (limit {} MiB)", spec.limits.memory_mb);
+            }
+            if state.running != Some(true) {
+                let code = state.exit_code.unwrap_or(-1);
+                // 137 = SIGKILL: with memory = memory-swap that is the OOM killer.
+                if code == 137 {
+                    return format!(
+                        "out of memory (limit {} MiB): the container was killed",
+                        spec.limits.memory_mb
+                    );
+                }
+                return format!("the container exited with code {code}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    "the container stopped answering".into()
+}
+
+/// Runs one call in an instance. The deadline is the caller's (`spec.limits`).
+pub(crate) async fn invoke(
+    docker: &Docker,
+    spec: &FunctionSpec,
+    instance: &mut ContainerInstance,
+    call: &CallRequest,
+) -> Result<Invocation> {
+    let deadline = spec.limits.timeout();
+    let ran = match instance.mode {
+        RunMode::Agent => {
+            tokio::time::timeout(deadline, invoke_agent(docker, spec, instance, call)).await
+        }
+        RunMode::Command => {
+            tokio::time::timeout(deadline, invoke_command(docker, spec, instance, call)).await
+        }
+    };
+    match ran {
+        Ok(invocation) => invocation,
+        Err(_) => Ok(Invocation {
+            result: CallResult::Timeout(format!(
+                "the call ran past its deadline of {} ms",
+                spec.limits.timeout_ms
+            )),
+            output: bytes::Bytes::new(),
+            logs: take_stderr(instance),
+            reusable: false,
+        }),
+    }
+}
+
+fn take_stderr(instance: &mut ContainerInstance) -> bytes::Bytes {
+    instance
+        .io
+        .as_mut()
+        .map(|io| bytes::Bytes::from(std::mem::take(&mut io.stderr)))
+        .unwrap_or_default()
+}
+
+async fn invoke_agent(
+    docker: &Docker,
+    spec: &FunctionSpec,
+    instance: &mut ContainerInstance,
+    call: &CallRequest,
+) -> Result<Invocation> {
+    let id = instance.id.clone();
+    let io = instance.io.as_mut().expect("agent instances are attached");
+    io.stderr.clear();
+    let input = String::from_utf8_lossy(&call.input);
+    let deadline_ms = crate::executor::unix_ms() + spec.limits.timeout_ms as i64;
+    let frame = encode(&HostMessage::Run {
+        id: &call.call_id,
+        input: &input,
+        deadline_ms: Some(deadline_ms),
+    });
+    let failed = |message: String, io: &mut AgentIo| Invocation {
+        result: CallResult::Failed(message),
+        output: bytes::Bytes::new(),
+        logs: bytes::Bytes::from(std::mem::take(&mut io.stderr)),
+        reusable: false,
+    };
+    if let Err(e) = io.input.write_all(&frame).await {
+        let reason = exit_reason(docker, &id, spec).await;
+        return Ok(failed(
+            format!("{reason} (sending the call failed: {e})"),
+            io,
+        ));
+    }
+    let message = match next_message(io).await {
+        Ok(message) => message,
+        Err(ended) => {
+            let reason = ended.describe(docker, &id, spec).await;
+            return Ok(failed(reason, io));
+        }
+    };
+    let AgentMessage::Result {
+        id: result_id,
+        ok,
+        output,
+        error,
+        logs,
+    } = message
+    else {
+        return Ok(failed(
+            format!("the agent sent {message:?} during a call"),
+            io,
+        ));
+    };
+    if result_id != call.call_id {
+        return Ok(failed(
+            format!(
+                "the agent answered call {result_id} during call {}",
+                call.call_id
+            ),
+            io,
+        ));
+    }
+    let mut all_logs = logs.into_bytes();
+    all_logs.extend_from_slice(&io.stderr);
+    all_logs.truncate(spec.limits.max_log_bytes as usize);
+    io.stderr.clear();
+    let output = output.unwrap_or_default();
+    if output.len() as u64 > spec.limits.max_output_bytes {
+        return Ok(Invocation {
+            result: CallResult::Failed(format!(
+                "output exceeds the limit of {} bytes",
+                spec.limits.max_output_bytes
+            )),
+            output: bytes::Bytes::new(),
+            logs: all_logs.into(),
+            reusable: true,
+        });
+    }
+    let result = if ok {
+        CallResult::Done
+    } else {
+        CallResult::Failed(error.unwrap_or_else(|| "the function failed".into()))
+    };
+    Ok(Invocation {
+        result,
+        output: output.into(),
+        logs: all_logs.into(),
+        // An exception leaves the agent healthy: the next call may use it.
+        reusable: true,
+    })
+}
+
+async fn invoke_command(
+    docker: &Docker,
+    spec: &FunctionSpec,
+    instance: &mut ContainerInstance,
+    call: &CallRequest,
+) -> Result<Invocation> {
+    let exec = docker
+        .create_exec(
+            &instance.id,
+            CreateExecOptions {
+                cmd: Some(vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    instance.run.clone(),
+                ]),
+                working_dir: Some(instance.workdir.clone()),
+                user: Some(FUNCTION_UID.to_string()),
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                env: Some(vec![format!("NEWT_CALL_ID={}", call.call_id)]),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| docker_error("creating an exec", e))?;
+    let started = docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(|e| docker_error("starting an exec", e))?;
+    let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
+    else {
+        return Err(Error::Internal(anyhow::anyhow!("exec started detached")));
+    };
+    input
+        .write_all(&call.input)
+        .await
+        .and(input.shutdown().await)
+        .map_err(|e| {
+            docker_error(
+                "writing the input",
+                bollard::errors::Error::IOError { err: e },
+            )
+        })?;
+    drop(input);
+    let (max_out, max_err) = (
+        spec.limits.max_output_bytes as usize,
+        spec.limits.max_log_bytes as usize,
+    );
+    let (mut stdout, mut stderr, mut overflow) = (Vec::new(), Vec::new(), false);
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            Ok(LogOutput::StdOut { message }) => {
+                if stdout.len() + message.len() > max_out {
+                    overflow = true;
+                    break;
+                }
+                stdout.extend_from_slice(&message);
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                let room = max_err.saturating_sub(stderr.len());
+                stderr.extend_from_slice(&message[..message.len().min(room)]);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if overflow {
+        return Ok(Invocation {
+            result: CallResult::Failed(format!("output exceeds the limit of {max_out} bytes")),
+            output: bytes::Bytes::new(),
+            logs: stderr.into(),
+            reusable: false,
+        });
+    }
+    let code = docker
+        .inspect_exec(&exec.id)
+        .await
+        .map_err(|e| docker_error("inspecting an exec", e))?
+        .exit_code
+        .unwrap_or(-1);
+    let result = if code == 0 {
+        CallResult::Done
+    } else {
+        let text = String::from_utf8_lossy(&stderr);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+        CallResult::Failed(match last {
+            Some(line) => format!("exited with code {code}: {}", line.trim()),
+            None => format!("exited with code {code}"),
+        })
+    };
+    Ok(Invocation {
+        result,
+        output: stdout.into(),
+        logs: stderr.into(),
+        reusable: true,
+    })
+}
+
+/// Removes a container, whatever its state. Errors are logged: a leftover is removed
+/// by the next start's cleanup.
+pub(crate) async fn remove(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    if let Err(e) = docker.remove_container(id, Some(options)).await {
+        tracing::debug!(container = id, "remove: {e}");
+    }
+}
+
+/// Splits a command line on whitespace (runtime `run` commands are simple).
+fn split_command(command: &str) -> Vec<String> {
+    command.split_whitespace().map(str::to_string).collect()
+}
+
+/// A random id for naming and labelling an instance.
+fn uuid_like() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}

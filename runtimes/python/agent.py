@@ -1,0 +1,408 @@
+"""newt's in-container agent for Python functions.
+
+The host starts one container per instance with this script as its command and talks
+to it over the container's stdin/stdout. Every message, both ways, is a frame: a
+4-byte big-endian unsigned length, then that many bytes of UTF-8 JSON (an object).
+
+    host -> agent                                   agent -> host
+    {"type":"ping"}                                 {"type":"pong"}
+    {"type":"init","function":"dice",               {"type":"ready","logs":"..."}
+     "handler":"main:handler","workdir":"/app",     or {"type":"error","error":"...",
+     "env":{"K":"V"},"max_log_bytes":1048576,           "logs":"..."}
+     "bundle":"<optional base64 .tar.gz/.zip>"}
+    {"type":"run","id":"<call id>",                 {"type":"result","id":"...","ok":true,
+     "input":"<raw input>","deadline_ms":<unix ms     "output":"<JSON>","logs":"..."}
+     or null>}                                      or {"type":"result","id":"...",
+                                                        "ok":false,"error":"...","logs":"..."}
+
+`init` imports the handler once; each `run` calls it with the input parsed as JSON
+(`None` for an empty input) and, if it takes two arguments, a `Context`. What the
+handler prints to `sys.stdout` or `sys.stderr` during a call comes back as that call's
+`logs`. Calls are sequential. End of stdin ends the agent (exit 0); a malformed frame
+is a host bug: the agent says so on stderr and exits 2.
+
+An image built for one function has its code in `workdir` already. A runtime-level
+instance (the bare runtime image, started before any function claims it, with a
+read-only root) gets the code in `init` instead: `bundle` is a base64 .tar.gz or .zip
+that the agent unpacks into `workdir`, which must then be writable (a tmpfs).
+
+Standard library only: it runs on Debian bookworm's python3 (3.11) and on 3.12.
+"""
+
+import importlib
+import inspect
+import io
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+
+#: Largest frame the agent accepts: anything bigger is a corrupt length prefix.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: Logs kept per call when `init` does not say (`max_log_bytes`).
+DEFAULT_MAX_LOG_BYTES = 1024 * 1024
+#: Exit status for a protocol violation by the host.
+EXIT_PROTOCOL_ERROR = 2
+
+
+class ProtocolError(Exception):
+    """The host sent something that is not a valid frame or message."""
+
+
+class Channel:
+    """The frame channel to the host, on private duplicates of fds 0 and 1.
+
+    The function shares this process, and so do the C extensions and subprocesses it
+    starts: any of them may write straight to fd 1 (`os.write(1, ...)`, a child's
+    inherited stdout) or read fd 0. A single stray byte on fd 1 would shift every
+    later length prefix, so the frames move to fds only this object knows, and fds 0
+    and 1 are pointed at /dev/null and at stderr, where stray bytes do no harm.
+    `os.dup` makes non-inheritable fds, so subprocesses never see the channel.
+    """
+
+    def __init__(self):
+        sys.stdout.flush()
+        self._reader = os.fdopen(os.dup(0), "rb", buffering=0)
+        self._writer = os.fdopen(os.dup(1), "wb", buffering=0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)
+
+    def _read_exact(self, size):
+        """Reads `size` bytes; `None` on end of input before the first byte."""
+        chunks, remaining = [], size
+        while remaining:
+            chunk = self._reader.read(remaining)
+            if not chunk:
+                if remaining == size:
+                    return None
+                raise ProtocolError(f"input ended inside a frame ({size - remaining} of {size} bytes)")
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def receive(self):
+        """The next message as a dict, or `None` at end of input."""
+        header = self._read_exact(4)
+        if header is None:
+            return None
+        (length,) = struct.unpack(">I", header)
+        if length > MAX_FRAME_BYTES:
+            raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+        body = self._read_exact(length) if length else b""
+        if body is None:
+            raise ProtocolError(f"input ended before a {length}-byte frame body")
+        try:
+            message = json.loads(body.decode("utf-8"))
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError
+            raise ProtocolError(f"frame is not UTF-8 JSON: {error}") from None
+        if not isinstance(message, dict):
+            raise ProtocolError(f"frame is JSON {type(message).__name__}, not an object")
+        return message
+
+    def send(self, message):
+        # ensure_ascii=False then errors="replace": a lone surrogate (which Python
+        # strings may hold) becomes "?" instead of a \ud800 escape that strict JSON
+        # parsers such as serde_json reject.
+        body = json.dumps(message, ensure_ascii=False).encode("utf-8", errors="replace")
+        data = struct.pack(">I", len(body)) + body
+        view = memoryview(data)
+        while view:  # a raw write to a pipe may be partial
+            written = self._writer.write(view)
+            view = view[written:]
+
+
+class LogBuffer(io.TextIOBase):
+    """Collects text up to `limit` UTF-8 bytes, keeping the head."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self._limit = limit
+        self._data = bytearray()
+        self._truncated = False
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        room = self._limit - len(self._data)
+        encoded = text.encode("utf-8", errors="replace")
+        if len(encoded) > room:
+            self._truncated = True
+            encoded = encoded[: max(room, 0)]
+        self._data += encoded
+        return len(text)
+
+    def text(self):
+        # A cut may split a character: drop the partial bytes.
+        logs = self._data.decode("utf-8", errors="ignore")
+        return logs + "\n[logs truncated]" if self._truncated else logs
+
+
+class Capture(io.TextIOBase):
+    """Stands in for `sys.stdout` and `sys.stderr` for the agent's whole life.
+
+    Writes go to the current `LogBuffer` during `init` and calls, and to the real
+    stderr between them. Installing it once, rather than swapping streams per call
+    with `contextlib.redirect_stdout`, keeps capture working for code that saved a
+    reference to `sys.stderr` at import (a `logging.StreamHandler`, for one): that
+    reference is this object, which always writes to the current call's logs.
+    """
+
+    def __init__(self, fallback):
+        super().__init__()
+        self._fallback = fallback
+        self.sink = None
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def errors(self):
+        return "replace"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        # Code that needs a real fd (subprocess with stdout=sys.stdout, faulthandler)
+        # gets stderr: its output reaches the container's stderr, not the call's logs.
+        return 2
+
+    def write(self, text):
+        sink = self.sink if self.sink is not None else self._fallback
+        return sink.write(text)
+
+    def flush(self):
+        if self.sink is None:
+            self._fallback.flush()
+
+
+class Context:
+    """The second handler argument: facts about the current call."""
+
+    def __init__(self, function_name, call_id, deadline_ms):
+        self.function_name = function_name
+        self.call_id = call_id
+        #: Unix time in milliseconds by which the call must end, or None.
+        self.deadline_ms = deadline_ms
+
+    def remaining_ms(self):
+        """Milliseconds left before the deadline (never negative), or None without one."""
+        if self.deadline_ms is None:
+            return None
+        return max(0, int(self.deadline_ms - time.time() * 1000))
+
+    def __repr__(self):
+        return f"Context(function_name={self.function_name!r}, call_id={self.call_id!r}, deadline_ms={self.deadline_ms!r})"
+
+
+def takes_context(handler):
+    """Whether `handler` is called as (event, context) rather than (event)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: one argument
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return True
+    required = [p for p in positional if p.default is p.empty]
+    if not positional or len(required) > 2:
+        raise TypeError(f"handler must take (event) or (event, context), not {inspect.signature(handler)}")
+    return len(positional) >= 2
+
+
+def load_handler(spec):
+    """Imports `module:function` (dotted names allowed on both sides)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"handler {spec!r} is not of the form module:function")
+    target = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"handler {spec!r} is a {type(target).__name__}, not callable")
+    return target
+
+
+def unpack_bundle(data, workdir):
+    """Unpacks a .tar.gz, .tar or .zip into `workdir`: regular files and folders only.
+
+    The host validated the bundle already; this refuses links, devices and paths that
+    leave `workdir` anyway (bookworm's Python 3.11.2 predates tarfile's `filter`).
+    """
+    # Imported here, not at the top: an image built for one function never unpacks
+    # anything, and these modules add ~20 ms to every agent start (measured in the image).
+    import shutil
+    import tarfile
+    import zipfile
+    os.makedirs(workdir, exist_ok=True)
+    root = os.path.realpath(workdir)
+
+    def destination(name):
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) != root:
+            raise ValueError(f"bundle entry {name!r} is outside the workdir")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def copy(source, path):
+        with source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for entry in archive.infolist():
+                path = destination(entry.filename)
+                if entry.is_dir():
+                    os.makedirs(path, exist_ok=True)
+                else:  # a zip "symlink" is written as a plain file holding its target
+                    copy(archive.open(entry), path)
+        return
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:  # compression auto-detected
+        for entry in archive:
+            path = destination(entry.name)
+            if entry.isdir():
+                os.makedirs(path, exist_ok=True)
+            elif entry.isfile():
+                copy(archive.extractfile(entry), path)
+                os.chmod(path, 0o755 if entry.mode & 0o111 else 0o644)
+            else:
+                raise ValueError(f"bundle entry {entry.name!r} is not a regular file or folder")
+
+
+def field(message, name, kinds, default=None, required=False):
+    """`message[name]`, checked against `kinds`; a wrong type is the host's bug."""
+    if name not in message or message[name] is None:
+        if required:
+            raise ProtocolError(f"{message.get('type')} message has no {name!r}")
+        return default
+    value = message[name]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    # bool is an int subclass in Python, but `true` is no number of milliseconds.
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(f"{message.get('type')} message field {name!r} has type {type(value).__name__}")
+    return value
+
+
+class Agent:
+    """Holds the loaded function and answers the host's messages one by one."""
+
+    def __init__(self, channel, capture):
+        self.channel = channel
+        self.capture = capture
+        self.function_name = None
+        self.handler = None
+        self.with_context = False
+        self.max_log_bytes = DEFAULT_MAX_LOG_BYTES
+
+    def serve(self):
+        """Answers messages until end of input."""
+        while True:
+            message = self.channel.receive()
+            if message is None:
+                return
+            kind = message.get("type")
+            if kind == "ping":
+                self.channel.send({"type": "pong"})
+            elif kind == "init":
+                self.channel.send(self.init(message))
+            elif kind == "run":
+                self.channel.send(self.run(message))
+            else:
+                raise ProtocolError(f"unknown message type {kind!r}")
+
+    def init(self, message):
+        if self.handler is not None:
+            return {"type": "error", "error": f"already initialised with {self.function_name!r}", "logs": ""}
+        function_name = field(message, "function", str, required=True)
+        spec = field(message, "handler", str, "main:handler")
+        workdir = field(message, "workdir", str, "/app")
+        env = field(message, "env", dict, {})
+        bundle = field(message, "bundle", str)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ProtocolError("init message field 'env' must map strings to strings")
+        self.max_log_bytes = field(message, "max_log_bytes", int, DEFAULT_MAX_LOG_BYTES)
+
+        logs = LogBuffer(self.max_log_bytes)
+        self.capture.sink = logs
+        try:
+            os.environ.update(env)
+            os.environ["NEWT_FUNCTION"] = function_name
+            if bundle is not None:
+                import base64  # only needed here; see unpack_bundle
+
+                unpack_bundle(base64.b64decode(bundle, validate=True), workdir)
+            os.chdir(workdir)
+            sys.path.insert(0, workdir)
+            handler = load_handler(spec)
+            with_context = takes_context(handler)
+        except (Exception, SystemExit):  # a module may call sys.exit() at import
+            return {"type": "error", "error": traceback.format_exc(), "logs": logs.text()}
+        finally:
+            self.capture.sink = None
+        self.function_name, self.handler, self.with_context = function_name, handler, with_context
+        return {"type": "ready", "logs": logs.text()}
+
+    def run(self, message):
+        call_id = field(message, "id", str, required=True)
+        raw_input = field(message, "input", str, "")
+        deadline_ms = field(message, "deadline_ms", (int, float))
+
+        def failed(error, logs=""):
+            return {"type": "result", "id": call_id, "ok": False, "error": error, "logs": logs}
+
+        if self.handler is None:
+            return failed("the agent has no function: send init first")
+        try:
+            event = json.loads(raw_input) if raw_input.strip() else None
+        except ValueError as error:
+            return failed(f"input is not valid JSON: {error}")
+
+        os.environ["NEWT_CALL_ID"] = call_id
+        logs = LogBuffer(self.max_log_bytes)
+        self.capture.sink = logs
+        try:
+            if self.with_context:
+                value = self.handler(event, Context(self.function_name, call_id, deadline_ms))
+            else:
+                value = self.handler(event)
+        # SystemExit too: a handler's sys.exit() fails the call, not the instance.
+        # KeyboardInterrupt (a signal) still ends the agent.
+        except (Exception, SystemExit) as error:
+            # Start the traceback at the handler: the agent's own frame is noise.
+            frames = error.__traceback__.tb_next
+            return failed("".join(traceback.format_exception(type(error), error, frames)), logs.text())
+        finally:
+            self.capture.sink = None
+        try:
+            # Compact like serde_json; NaN and Infinity are not JSON, so refuse them.
+            output = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as error:
+            return failed(f"the handler's return value ({type(value).__name__}) is not JSON-serialisable: {error}", logs.text())
+        return {"type": "result", "id": call_id, "ok": True, "output": output, "logs": logs.text()}
+
+
+def main():
+    channel = Channel()
+    capture = Capture(sys.__stderr__)
+    sys.stdout = sys.stderr = capture
+    try:
+        Agent(channel, capture).serve()
+    except ProtocolError as error:
+        print(f"newt agent: protocol error: {error}", file=sys.__stderr__, flush=True)
+        return EXIT_PROTOCOL_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""Tests of agent.py: each starts the real agent as a subprocess and speaks frames to it.
+
+    python3 -m unittest discover -s runtimes/python -p 'test_*.py'
+
+With NEWT_AGENT_IMAGE=<image> the same tests run the agent inside that image instead
+(`docker run --rm -i --network none --read-only`, the function's folder mounted
+read-only at /app), which checks a freshly built base image end to end.
+"""
+
+import base64
+import io
+import json
+import os
+import selectors
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import time
+import unittest
+import zipfile
+
+AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent.py")
+IMAGE = os.environ.get("NEWT_AGENT_IMAGE")
+#: Seconds to wait for one reply before failing instead of hanging.
+REPLY_TIMEOUT = 20
+
+
+class Agent:
+    """One running agent with the function source `main_py` in its workdir."""
+
+    def __init__(self, main_py, files=None):
+        self.dir = tempfile.mkdtemp(prefix="newt-agent-test-")
+        os.chmod(self.dir, 0o755)
+        for name, text in {"main.py": main_py, **(files or {})}.items():
+            with open(os.path.join(self.dir, name), "w") as file:
+                file.write(textwrap.dedent(text))
+            os.chmod(os.path.join(self.dir, name), 0o644)
+        if IMAGE:
+            self.workdir = "/app"
+            self.scratch = "/tmp/function"  # on the container's tmpfs
+            command = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only",
+                       "--tmpfs", "/tmp", "-v", f"{self.dir}:/app:ro", IMAGE,
+                       "python3", "/opt/newt/agent.py"]
+        else:
+            self.workdir = self.dir
+            self.scratch = os.path.join(self.dir, "function")
+            command = [sys.executable, AGENT]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.process.stdout, selectors.EVENT_READ)
+
+    def send_bytes(self, data):
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def send(self, message):
+        body = json.dumps(message).encode()
+        self.send_bytes(struct.pack(">I", len(body)) + body)
+
+    def _read_exact(self, size):
+        data = b""
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while len(data) < size:
+            if not self.selector.select(max(0, deadline - time.monotonic())):
+                raise AssertionError(f"no reply within {REPLY_TIMEOUT} s")
+            chunk = os.read(self.process.stdout.fileno(), size - len(data))
+            if not chunk:
+                raise AssertionError(f"agent closed stdout; stderr: {self.stderr()}")
+            data += chunk
+        return data
+
+    def receive(self):
+        (length,) = struct.unpack(">I", self._read_exact(4))
+        return json.loads(self._read_exact(length).decode("utf-8"))
+
+    def request(self, message):
+        self.send(message)
+        return self.receive()
+
+    def init(self, **fields):
+        return self.request({"type": "init", "function": "test", "handler": "main:handler",
+                             "workdir": self.workdir, **fields})
+
+    def run(self, input_text, call_id="call-1", deadline_ms=None):
+        return self.request({"type": "run", "id": call_id, "input": input_text,
+                             "deadline_ms": deadline_ms})
+
+    def finish(self):
+        """Closes stdin and returns the exit status."""
+        self.process.stdin.close()
+        return self.process.wait(timeout=REPLY_TIMEOUT)
+
+    def stderr(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        return self.process.stderr.read().decode("utf-8", errors="replace")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            stream.close()
+        self.selector.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class AgentTest(unittest.TestCase):
+    def start(self, main_py, files=None):
+        agent = Agent(main_py, files)
+        self.addCleanup(agent.close)
+        return agent
+
+    def ready(self, main_py, **init_fields):
+        agent = self.start(main_py)
+        reply = agent.init(**init_fields)
+        self.assertEqual(reply["type"], "ready", reply)
+        return agent
+
+    def test_init_then_run_with_event(self):
+        agent = self.ready("""
+            def handler(event):
+                return {"got": event, "sum": sum(event["numbers"])}
+        """)
+        reply = agent.run('{"numbers": [1, 2, 3]}', call_id="c-42")
+        self.assertEqual(reply["type"], "result")
+        self.assertEqual(reply["id"], "c-42")
+        self.assertTrue(reply["ok"], reply)
+        self.assertEqual(json.loads(reply["output"]), {"got": {"numbers": [1, 2, 3]}, "sum": 6})
+        self.assertEqual(reply["logs"], "")
+        # The agent stays up for the next call, and output is compact JSON.
+        self.assertEqual(agent.run('{"numbers": [5]}')["output"], '{"got":{"numbers":[5]},"sum":5}')
+        self.assertEqual(agent.finish(), 0)
+
+    def test_empty_input_is_none(self):
+        agent = self.ready("def handler(event):\n    return event is None\n")
+        self.assertEqual(agent.run("")["output"], "true")
+        self.assertEqual(agent.run("  \n")["output"], "true")
+
+    def test_run_with_context(self):
+        agent = self.ready("""
+            import os
+            def handler(event, context):
+                return {"function": context.function_name, "call": context.call_id,
+                        "deadline": context.deadline_ms, "remaining": context.remaining_ms(),
+                        "env": [os.environ["NEWT_FUNCTION"], os.environ["NEWT_CALL_ID"]]}
+        """)
+        deadline = int(time.time() * 1000) + 60_000
+        output = json.loads(agent.run("{}", call_id="c-7", deadline_ms=deadline)["output"])
+        self.assertEqual(output["function"], "test")
+        self.assertEqual(output["call"], "c-7")
+        self.assertEqual(output["deadline"], deadline)
+        self.assertTrue(50_000 < output["remaining"] <= 60_000, output)
+        self.assertEqual(output["env"], ["test", "c-7"])
+        output = json.loads(agent.run("{}", call_id="c-8")["output"])
+        self.assertIsNone(output["deadline"])
+        self.assertIsNone(output["remaining"])
+
+    def test_exception_gives_traceback_and_agent_survives(self):
+        agent = self.ready("""
+            def handler(event):
+                print("before the failure")
+                raise ValueError("invalid roll 'x'")
+        """)
+        reply = agent.run("{}")
+        self.assertFalse(reply["ok"])
+        self.assertIn("Traceback", reply["error"])
+        self.assertIn("ValueError: invalid roll 'x'", reply["error"])
+        self.assertIn("main.py", reply["error"])
+        self.assertNotIn("agent.py", reply["error"])
+        self.assertEqual(reply["logs"], "before the failure\n")
+        self.assertFalse(agent.run("{}")["ok"])
+
+    def test_sys_exit_fails_the_call_not_the_agent(self):
+        agent = self.ready("import sys\ndef handler(event):\n    sys.exit(3)\n")
+        reply = agent.run("{}")
+        self.assertFalse(reply["ok"])
+        self.assertIn("SystemExit: 3", reply["error"])
+        self.assertEqual(agent.request({"type": "ping"}), {"type": "pong"})
+
+    def test_prints_are_logs_not_frames(self):
+        agent = self.ready("""
+            import sys
+            print("imported")
+            def handler(event):
+                print("to stdout")
+                print("to stderr", file=sys.stderr)
+                sys.stdout.write("no newline")
+                print(" then more")
+                return "done"
+        """)
+        reply = agent.run("{}")
+        self.assertEqual(reply["output"], '"done"')
+        self.assertEqual(reply["logs"], "to stdout\nto stderr\nno newline then more\n")
+
+    def test_import_output_goes_to_init_logs(self):
+        agent = self.start("print('loading model')\ndef handler(event):\n    return 1\n")
+        self.assertEqual(agent.init(), {"type": "ready", "logs": "loading model\n"})
+        self.assertEqual(agent.run("{}")["logs"], "")
+
+    def test_raw_fd_writes_do_not_corrupt_frames(self):
+        agent = self.ready("""
+            import os, subprocess, sys
+            os.write(1, b"garbage on fd 1")
+            def handler(event):
+                os.write(1, b"more garbage")
+                subprocess.run([sys.executable, "-c", "print('child output')"], check=True)
+                return os.read(0, 10).decode()  # fd 0 is /dev/null, not the frames
+        """)
+        reply = agent.run("[1]")
+        self.assertEqual(reply["output"], '""', reply)
+        self.assertEqual(agent.run("[2]")["id"], "call-1")
+        self.assertEqual(agent.finish(), 0)
+        stderr = agent.stderr()
+        for text in ("garbage on fd 1", "more garbage", "child output"):
+            self.assertIn(text, stderr)
+
+    def test_logging_configured_at_import_is_captured(self):
+        agent = self.ready("""
+            import logging
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+            def handler(event):
+                logging.info("rolling %s", event)
+                return None
+        """)
+        reply = agent.run('"4d6"')
+        self.assertEqual(reply["output"], "null")
+        self.assertEqual(reply["logs"], "INFO rolling 4d6\n")
+
+    def test_invalid_json_input(self):
+        agent = self.ready("def handler(event):\n    return event\n")
+        reply = agent.run("{not json", call_id="bad")
+        self.assertEqual(reply["id"], "bad")
+        self.assertFalse(reply["ok"])
+        self.assertTrue(reply["error"].startswith("input is not valid JSON: "), reply["error"])
+
+    def test_non_serialisable_return(self):
+        agent = self.ready("def handler(event):\n    return {1, 2}\n")
+        reply = agent.run("{}")
+        self.assertFalse(reply["ok"])
+        self.assertIn("(set) is not JSON-serialisable", reply["error"])
+        agent = self.ready("def handler(event):\n    return float('nan')\n")
+        self.assertIn("(float) is not JSON-serialisable", agent.run("{}")["error"])
+
+    def test_import_error_at_init(self):
+        agent = self.start("import sys\nprint('partial')\nimport no_such_module_here\n")
+        reply = agent.init()
+        self.assertEqual(reply["type"], "error")
+        self.assertIn("ModuleNotFoundError", reply["error"])
+        self.assertIn("no_such_module_here", reply["error"])
+        self.assertEqual(reply["logs"], "partial\n")
+        # The host discards such an instance; calls before a good init are refused.
+        self.assertFalse(agent.run("{}")["ok"])
+        self.assertEqual(agent.finish(), 0)
+
+    def test_bad_handlers_at_init(self):
+        cases = {
+            "main:missing": "AttributeError",
+            "main:value": "not callable",
+            "main:no_arguments": "must take (event) or (event, context)",
+            "nocolon": "not of the form module:function",
+        }
+        for spec, expected in cases.items():
+            with self.subTest(spec=spec):
+                agent = self.start("value = 3\ndef no_arguments():\n    pass\n")
+                reply = agent.init(handler=spec)
+                self.assertEqual(reply["type"], "error")
+                self.assertIn(expected, reply["error"])
+
+    def test_other_module_and_callable_object(self):
+        agent = self.start("", files={"app.py": """
+            class Handler:
+                def __call__(self, event, context):
+                    return [event, context.call_id]
+            handle = Handler()
+        """})
+        self.assertEqual(agent.init(handler="app:handle")["type"], "ready")
+        self.assertEqual(agent.run("5", call_id="x")["output"], '[5,"x"]')
+
+    def test_bundle_is_unpacked_into_the_workdir(self):
+        files = {"main.py": "from lib.util import twice\ndef handler(event):\n    return twice(event)\n",
+                 "lib/__init__.py": "", "lib/util.py": "def twice(x):\n    return 2 * x\n"}
+        tar_gz = io.BytesIO()
+        with tarfile.open(fileobj=tar_gz, mode="w:gz") as archive:
+            for name, text in files.items():
+                entry = tarfile.TarInfo(name)
+                entry.size = len(text.encode())
+                archive.addfile(entry, io.BytesIO(text.encode()))
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w") as archive:
+            for name, text in files.items():
+                archive.writestr(name, text)
+        for kind, data in {"tar.gz": tar_gz.getvalue(), "zip": zipped.getvalue()}.items():
+            with self.subTest(kind):
+                agent = self.start("raise RuntimeError('not this main.py')\n")
+                bundle = base64.b64encode(data).decode()
+                reply = agent.init(workdir=agent.scratch, bundle=bundle)
+                self.assertEqual(reply["type"], "ready", reply)
+                self.assertEqual(agent.run("21")["output"], "42")
+
+    def test_bundle_escaping_the_workdir_is_refused(self):
+        for name, entry in {"parent": tarfile.TarInfo("../evil.py"),
+                            "absolute": tarfile.TarInfo("/tmp/evil.py"),
+                            "symlink": tarfile.TarInfo("main.py")}.items():
+            with self.subTest(name):
+                if name == "symlink":
+                    entry.type, entry.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                data = io.BytesIO()
+                with tarfile.open(fileobj=data, mode="w:gz") as archive:
+                    archive.addfile(entry, io.BytesIO(b""))
+                agent = self.start("def handler(event):\n    return 1\n")
+                reply = agent.init(workdir=agent.scratch, bundle=base64.b64encode(data.getvalue()).decode())
+                self.assertEqual(reply["type"], "error")
+                self.assertIn("bundle entry", reply["error"])
+
+    def test_ping_pong(self):
+        agent = self.start("def handler(event):\n    return 1\n")
+        self.assertEqual(agent.request({"type": "ping"}), {"type": "pong"})
+        self.assertEqual(agent.init()["type"], "ready")
+        self.assertEqual(agent.request({"type": "ping"}), {"type": "pong"})
+
+    def test_log_truncation_keeps_the_head(self):
+        agent = self.ready("""
+            def handler(event):
+                print("é" * 40)   # 80 bytes of UTF-8, cut inside a character
+                print("tail")
+                return 1
+        """, max_log_bytes=25)
+        reply = agent.run("{}")
+        self.assertTrue(reply["ok"])
+        self.assertEqual(reply["logs"], "é" * 12 + "\n[logs truncated]")
+
+    def test_env_is_set_before_import(self):
+        agent = self.ready("""
+            import os
+            AT_IMPORT = os.environ.get("GREETING")
+            def handler(event):
+                return [AT_IMPORT, os.environ["SECRET"], os.getcwd()]
+        """, env={"GREETING": "hello", "SECRET": "s3"})
+        self.assertEqual(json.loads(agent.run("{}")["output"]), ["hello", "s3", agent.workdir])
+
+    def test_unicode_round_trip(self):
+        agent = self.ready("def handler(event):\n    print(event)\n    return event + ' ✓'\n")
+        reply = agent.run('"héllo 🎲"')
+        self.assertEqual(json.loads(reply["output"]), "héllo 🎲 ✓")
+        self.assertEqual(reply["logs"], "héllo 🎲\n")
+
+    def test_end_of_input_exits_zero(self):
+        agent = self.start("def handler(event):\n    return 1\n")
+        self.assertEqual(agent.finish(), 0)
+
+    def test_malformed_frames_exit_two(self):
+        cases = {
+            "oversized": struct.pack(">I", 64 * 1024 * 1024 + 1),
+            "not JSON": struct.pack(">I", 5) + b"hello",
+            "not an object": struct.pack(">I", 2) + b"[]",
+            "unknown type": struct.pack(">I", 17) + b'{"type":"launch"}',
+            "truncated": struct.pack(">I", 10) + b"{}",
+        }
+        for name, data in cases.items():
+            with self.subTest(name):
+                agent = self.start("def handler(event):\n    return 1\n")
+                agent.send_bytes(data)
+                self.assertEqual(agent.finish(), 2)
+                self.assertIn("newt agent: protocol error", agent.stderr())
+
+
+if __name__ == "__main__":
+    unittest.main()

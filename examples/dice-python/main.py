@@ -38,3 +38,15 @@ def handler(event):
     dice, sides = parse_roll(event["roll"])
     print(f"rolling {dice}d{sides}", file=sys.stderr)
     return [RNG.randint(1, sides) for _ in range(dice)]
+
+
+if __name__ == "__main__":
+    # Command mode (the seed's `"run": "python3 main.py"`): input JSON on stdin,
+    # result JSON on stdout, a non-zero exit on failure.
+    import json
+
+    try:
+        print(json.dumps(handler(json.load(sys.stdin))))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        sys.exit(1)

@@ -128,6 +128,13 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether this executor runs functions of `runtime`.
     fn can_handle(&self, runtime: &str) -> bool;
 
+    /// Whether creating an instance of an already-prepared function is as cheap as
+    /// taking a warm one, so such a call counts as `warm` (wasm: instantiating a
+    /// linked module takes microseconds). A new container is always `cold`.
+    fn creating_is_warm(&self) -> bool {
+        false
+    }
+
     /// Makes a function runnable from its bundle on disk. May be slow (compiling,
     /// building); done once per version and process.
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Self::Prepared>;

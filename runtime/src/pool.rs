@@ -1,7 +1,9 @@
 //! Instance pools: where a call finds its instance.
 //!
 //! A [`FunctionPool`] holds the instances of one version of one function. A call takes
-//! an idle instance if there is one (`warm`), otherwise creates one; afterwards the
+//! an idle instance if there is one (`warm`), otherwise creates one (`cold`, unless the
+//! executor's instances are as cheap to create as to reuse and the version has already
+//! run in this process: then `warm`); afterwards the
 //! instance goes back to the pool if its executor says it can be reused, and is
 //! destroyed otherwise. At most `max_idle` instances are kept.
 
@@ -73,18 +75,18 @@ impl<E: Executor> Deployment for FunctionPool<E> {
     async fn call(&self, request: CallRequest) -> Result<CallOutcome> {
         let started = Instant::now();
         let first = !self.ran_once.swap(true, Ordering::AcqRel);
-        let (mut instance, init) = match self.take_idle() {
-            Some(instance) => (instance, std::time::Duration::ZERO),
+        let (mut instance, init, start) = match self.take_idle() {
+            Some(instance) => (instance, std::time::Duration::ZERO, StartKind::Warm),
             None => {
                 let t = Instant::now();
-                let created = self.executor.create(&self.spec, &self.prepared).await;
-                (created?, t.elapsed())
+                let created = self.executor.create(&self.spec, &self.prepared).await?;
+                let start = if first || !self.executor.creating_is_warm() {
+                    StartKind::Cold
+                } else {
+                    StartKind::Warm
+                };
+                (created, t.elapsed(), start)
             }
-        };
-        let start = if first {
-            StartKind::Cold
-        } else {
-            StartKind::Warm
         };
         let queue = started.elapsed().saturating_sub(init);
 

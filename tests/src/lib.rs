@@ -82,8 +82,20 @@ impl Server {
         server
     }
 
+    /// A server on a fresh temporary home with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::launch(tempdir.path(), args, env);
+        server._tempdir = Some(tempdir);
+        server
+    }
+
     /// A server on an existing home (to restart over the same state).
     pub fn start_in(home: &Path, args: &[&str]) -> Server {
+        Server::launch(home, args, &[])
+    }
+
+    fn launch(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,6 +110,7 @@ impl Server {
             .args(args)
             .env_remove("NEWT_TOKEN")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -180,4 +193,66 @@ macro_rules! fixture {
     ($name:literal) => {
         include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".wasm")).as_slice()
     };
+}
+
+/// Whether a Docker engine answers here. When none does, Docker tests skip with a
+/// printed reason, unless `NEWT_REQUIRE_DOCKER=1` (CI), where they fail.
+pub fn docker_available() -> bool {
+    let answered = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !answered {
+        assert!(
+            std::env::var("NEWT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "NEWT_REQUIRE_DOCKER=1 but no Docker engine answers"
+        );
+        eprintln!("skipped: no Docker engine answers (set NEWT_REQUIRE_DOCKER=1 to fail instead)");
+    }
+    answered
+}
+
+/// Containers a test's server started (by its home's host label), for assertions.
+pub fn containers_of(server: &Server) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=newt.managed=true"])
+        .args([
+            "--filter",
+            &format!("label=newt.host={}", host_label(&server.home)),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `newt.host` label value newt derives from a home directory.
+pub fn host_label(home: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("printf %s \"$1\" | sha256sum | cut -c1-12")
+        .arg("sh")
+        .arg(home.canonicalize().expect("home exists"))
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A .tar.gz holding `files` (path, contents), as a user's `tar czf` would make.
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(encoder);
+    for (path, body) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *body)
+            .expect("tar entry");
+    }
+    tar.into_inner().and_then(|gz| gz.finish()).expect("tar.gz")
 }

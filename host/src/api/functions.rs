@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use newt_runtime::{ArchiveKind, CallOutcome, CallResult, FunctionSpec, Limits};
+use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -235,11 +235,8 @@ pub async fn deploy_bundle(
                 known.join(", ")
             )));
         }
-        if ArchiveKind::detect(&bundle).is_none() {
-            return Err(ApiError::InvalidBundle(
-                "a container function's bundle must be a .tar.gz, .tar or .zip archive".into(),
-            ));
-        }
+        // Refuse what can never build now (422, 503), not after a 202.
+        state.docker.check_deploy(runtime, bundle.clone()).await?;
     }
 
     let cas = state.invoker.cas().clone();

@@ -125,6 +125,7 @@ async fn serve(
     let docker = Arc::new(DockerExecutor::new(DockerConfig {
         address: std::env::var("DOCKER_HOST").ok(),
         work_dir: home.join("docker"),
+        host_id: host_id(&home),
     }));
     let invoker = Invoker::new(cas)
         .with_executor(wasm)
@@ -136,7 +137,7 @@ async fn serve(
         async_concurrency: args.async_concurrency,
         max_async_backlog: args.max_async_backlog,
     };
-    remove_leftover_containers(&docker).await;
+    remove_leftover_containers(&docker, "left by a previous run").await;
     let state = Arc::new(AppState::new(
         store.clone(),
         invoker,
@@ -176,13 +177,21 @@ async fn serve(
         .context("serving HTTP")?;
     tracing::info!("shutting down: flushing call records, removing containers");
     store.close().await;
-    remove_leftover_containers(&docker).await;
+    remove_leftover_containers(&docker, "at shutdown").await;
     Ok(())
+}
+
+/// A short stable id for this home, so hosts sharing an engine keep apart.
+fn host_id(home: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let canonical = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
 }
 
 /// Containers carrying newt's label belong to no live process: remove them. Without
 /// a reachable engine there is nothing to do (and wasm works regardless).
-async fn remove_leftover_containers(docker: &DockerExecutor) {
+async fn remove_leftover_containers(docker: &DockerExecutor, when: &str) {
     let health = docker.health().await;
     if !health.reachable {
         tracing::warn!(
@@ -194,7 +203,7 @@ async fn remove_leftover_containers(docker: &DockerExecutor) {
     }
     match docker.remove_leftovers().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(containers = n, "removed containers left by a previous run"),
+        Ok(n) => tracing::info!(containers = n, "removed containers {when}"),
         Err(e) => tracing::warn!("could not remove leftover containers: {e}"),
     }
 }

@@ -94,11 +94,13 @@ pub(crate) async fn start(
     runtime: &ContainerRuntime,
     image: &str,
     handler: &str,
+    host_id: &str,
 ) -> Result<ContainerInstance> {
     let instance_id = uuid_like();
     let name = format!("newt-{}-{}", spec.name, &instance_id[..12]);
     let labels = HashMap::from([
         ("newt.managed".to_string(), "true".to_string()),
+        ("newt.host".to_string(), host_id.to_string()),
         ("newt.function".to_string(), spec.name.clone()),
         ("newt.runtime".to_string(), runtime.name.clone()),
         ("newt.instance".to_string(), instance_id.clone()),
@@ -186,8 +188,11 @@ pub(crate) async fn start(
     Ok(instance)
 }
 
+/// The largest frame accepted: output and logs travel JSON-escaped inside it, which
+/// can take up to six bytes per byte (`\u0000`); their real sizes are checked after
+/// parsing.
 fn frame_limit(spec: &FunctionSpec) -> usize {
-    (spec.limits.max_output_bytes + 2 * spec.limits.max_log_bytes + FRAME_OVERHEAD) as usize
+    (6 * (spec.limits.max_output_bytes + 2 * spec.limits.max_log_bytes) + FRAME_OVERHEAD) as usize
 }
 
 async fn init_agent(

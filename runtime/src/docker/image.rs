@@ -69,7 +69,8 @@ pub(crate) async fn ensure_python_base(docker: &Docker, tag: &str, work_dir: &Pa
         return Ok(());
     }
     std::fs::create_dir_all(work_dir).map_err(|e| Error::io("creating", work_dir, e))?;
-    let lock_path = work_dir.join("python-base.lock");
+    // One lock per machine, not per home: every newt on this engine shares the image.
+    let lock_path = std::env::temp_dir().join("newt-python-base.lock");
     let lock =
         std::fs::File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
     // Blocking lock on a blocking thread: another process may be building right now.

@@ -133,6 +133,9 @@ pub struct DockerConfig {
     pub address: Option<String>,
     /// Scratch space for image builds (`$NEWT_HOME/docker`).
     pub work_dir: PathBuf,
+    /// Names this host among others sharing the engine (e.g. a hash of its home):
+    /// containers carry it, and cleanup only removes this host's leftovers.
+    pub host_id: String,
 }
 
 /// What `GET /healthz` reports about the engine.
@@ -161,6 +164,7 @@ pub struct DockerExecutor {
     client: std::result::Result<Docker, String>,
     runtimes: DashMap<String, ContainerRuntime>,
     work_dir: PathBuf,
+    host_id: String,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -187,6 +191,7 @@ impl DockerExecutor {
             address,
             runtimes: DashMap::new(),
             work_dir: config.work_dir,
+            host_id: config.host_id,
         }
     }
 
@@ -247,11 +252,13 @@ impl DockerExecutor {
         }
     }
 
-    /// Removes every container carrying newt's label: what a previous process left.
+    /// Removes every container this host started: at start, what a previous process
+    /// left; at shutdown, everything.
     pub async fn remove_leftovers(&self) -> Result<usize> {
         let docker = self.docker().await?;
         let mut filters = HashMap::new();
-        filters.insert("label", vec!["newt.managed=true"]);
+        let host = format!("newt.host={}", self.host_id);
+        filters.insert("label", vec!["newt.managed=true", host.as_str()]);
         let containers = docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
@@ -286,10 +293,45 @@ impl DockerExecutor {
         Ok(())
     }
 
+    /// What a deploy checks before answering: the engine answers, the runtime
+    /// exists, and the bundle unpacks safely with what the runtime needs in it. The
+    /// image itself is built afterwards.
+    pub async fn check_deploy(&self, runtime: &str, bundle: bytes::Bytes) -> Result<()> {
+        let runtime = self
+            .runtime(runtime)
+            .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
+        self.docker().await?;
+        let work_dir = self.work_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&work_dir).map_err(|e| Error::io("creating", &work_dir, e))?;
+            let scratch = tempfile::tempdir_in(&work_dir)
+                .map_err(|e| Error::io("creating a scratch directory in", &work_dir, e))?;
+            unpack_for(&runtime, &bundle, scratch.path()).map(drop)
+        })
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))?
+    }
+
     fn runtime_for(&self, spec: &FunctionSpec) -> Result<ContainerRuntime> {
         self.runtime(&spec.runtime)
             .ok_or_else(|| Error::UnknownRuntime(spec.runtime.clone()))
     }
+}
+
+/// Unpacks a bundle for `runtime` into `dest`, refusing unsafe archives and agent
+/// bundles without a `main.py`.
+fn unpack_for(
+    runtime: &ContainerRuntime,
+    bundle: &[u8],
+    dest: &Path,
+) -> Result<crate::bundle::Unpacked> {
+    let unpacked = unpack(bundle, dest, &BundleLimits::default())?;
+    if runtime.mode == RunMode::Agent && !unpacked.files.iter().any(|f| f == Path::new("main.py")) {
+        return Err(Error::InvalidBundle(
+            "the bundle has no main.py at its root: the handler is main.py's `handler`".into(),
+        ));
+    }
+    Ok(unpacked)
 }
 
 /// The build context: a Dockerfile and the unpacked bundle under `code/`.
@@ -411,6 +453,7 @@ impl Executor for DockerExecutor {
             &prepared.runtime,
             &prepared.image,
             &prepared.handler,
+            &self.host_id,
         )
         .await
     }

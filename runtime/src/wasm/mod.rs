@@ -211,6 +211,10 @@ impl Executor for WasmExecutor {
         runtime == "wasm"
     }
 
+    fn creating_is_warm(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<WasmPrepared> {
         let digest = Digest::parse(&spec.digest)
             .ok_or_else(|| Error::InvalidBundle(format!("bad digest {:?}", spec.digest)))?;

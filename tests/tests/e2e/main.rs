@@ -4,6 +4,8 @@
 mod api;
 mod auth;
 mod cli;
+mod containers;
 mod limits;
 mod restart;
+mod seed;
 mod support;

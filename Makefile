@@ -21,6 +21,7 @@ run: guests
 
 # Unit tests and end-to-end tests against the real binary.
 test: guests
+	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s runtimes/python -p 'test_*.py'
 	$(CARGO) build -p newt-host
 	$(CARGO) test --workspace
 

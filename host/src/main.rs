@@ -37,6 +37,8 @@ enum Command {
     Call(commands::call::CallArgs),
     /// Remove a function.
     Delete(commands::delete::DeleteArgs),
+    /// List, register or remove container runtimes.
+    Runtimes(commands::runtimes::RuntimesArgs),
     /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
     Build(commands::build::BuildArgs),
     /// Create a new function crate.
@@ -73,6 +75,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Calls(args) => commands::calls::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
             Command::Delete(args) => commands::delete::run(args).await,
+            Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Serve(_) | Command::Build(_) | Command::New(_) => {
                 unreachable!("handled before the client runtime starts")
             }

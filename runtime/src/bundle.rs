@@ -166,9 +166,21 @@ pub struct Unpacked {
 ///
 /// The format is detected from the bytes ([`ArchiveKind::detect`]). Every refusal is an
 /// [`Error::InvalidBundle`] whose message names the offending entry and says what is
-/// wrong; local I/O failures are [`Error::Io`]. On any error, everything written so far
-/// is removed and `dest` is left empty. See the [module documentation](self) for the
-/// rules, and for when a single wrapping directory is removed from the paths.
+/// wrong; local I/O failures (and a `dest` that is not an empty directory) are
+/// [`Error::Io`]. On any error, everything written so far is removed and `dest` is left
+/// empty.
+///
+/// Refused: names that are absolute, hold `..`, a backslash, a drive letter or a
+/// control character; symlinks whose target leaves the bundle (judged by spelling and
+/// again through the other links once everything is unpacked); hard links to anything
+/// but a regular file unpacked earlier; devices, FIFOs, sockets, sparse files; an entry
+/// that would be written through a symlink or replace a directory or symlink; more than
+/// [`BundleLimits`] allows, counted on the bytes actually written. Files get mode 0644
+/// (0755 if any execute bit was set), directories 0755.
+///
+/// If there is no `main.py` at the root and every entry sits under one top-level
+/// directory holding a `main.py` (what `tar czf myfn.tgz myfn/` makes), that directory
+/// is removed from every path: `myfn/main.py` unpacks to `main.py`.
 pub fn unpack(bytes: &[u8], dest: &Path, limits: &BundleLimits) -> Result<Unpacked> {
     ensure_empty_dir(dest)?;
     let result = write_bundle(bytes, dest, limits);

@@ -11,11 +11,15 @@ use crate::client::{Client, ClientOpts, encode};
 pub struct DeployArgs {
     /// Function name: a-z, 0-9 and '-', up to 63 characters.
     pub name: String,
-    /// The bundle: a .wasm file for the wasm runtime.
+    /// The bundle: a .wasm file for the wasm runtime, a .tar.gz or .zip holding
+    /// main.py (and requirements.txt, wheels/) for a container runtime.
     pub path: PathBuf,
-    /// Runtime that runs it.
+    /// Runtime that runs it: wasm, python, or a registered runtime.
     #[arg(long, default_value = "wasm")]
     pub runtime: String,
+    /// For a container runtime: wait until its image is built (or failed).
+    #[arg(long)]
+    pub wait: bool,
     /// Deadline of one call, in milliseconds [server default: 30000].
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -38,6 +42,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("reading {}", args.path.display()))?;
     let mut query = vec![format!("runtime={}", encode(&args.runtime))];
+    if args.wait {
+        query.push("wait=true".into());
+    }
     for (key, value) in [
         ("timeout_ms", args.timeout_ms),
         ("memory_mb", args.memory_mb),
@@ -53,7 +60,11 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
     let response = client
         .send(client.request(Method::PUT, &path).body(bytes))
         .await?;
-    let created = response.status().as_u16() == 201;
+    let verb = match response.status().as_u16() {
+        201 => "deployed",
+        202 => "building",
+        _ => "unchanged:",
+    };
     let function: serde_json::Value = response.json().await.context("invalid JSON from server")?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&function)?);
@@ -61,12 +72,15 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         let digest = function["digest"].as_str().unwrap_or("");
         println!(
             "{} {} v{} ({} bytes, sha256 {})",
-            if created { "deployed" } else { "unchanged:" },
+            verb,
             args.name,
             function["version"],
             function["size"],
             &digest[..digest.len().min(12)]
         );
+        if verb == "building" {
+            println!("its image is being built: `newt functions` shows when it is ready");
+        }
     }
     Ok(())
 }

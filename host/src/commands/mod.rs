@@ -8,4 +8,5 @@ pub mod deploy;
 pub mod functions;
 pub mod invoke;
 pub mod new;
+pub mod runtimes;
 pub mod serve;

@@ -235,3 +235,33 @@ def handler(event):
     assert_eq!(next.status(), 200);
     assert_eq!(header(&next, "x-newt-start"), "cold");
 }
+
+#[tokio::test]
+async fn requirement_installs_offline_from_a_bundled_wheel() {
+    if !docker_available() {
+        return;
+    }
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("wheel.tgz");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/wheel-python/build.sh"
+    );
+    let built = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deploy_python(&server, "greet", std::fs::read(&bundle).unwrap(), "").await;
+    let response = invoke(&server, "greet", r#"{"name":"Ada"}"#).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["greeting"], "Hello, Ada!");
+    assert_eq!(body["library"], "0.1.0");
+}

@@ -138,6 +138,7 @@ async fn serve(
         max_async_backlog: args.max_async_backlog,
     };
     remove_leftover_containers(&docker, "left by a previous run").await;
+    prepare_python_image(docker.clone());
     let state = Arc::new(AppState::new(
         store.clone(),
         invoker,
@@ -179,6 +180,21 @@ async fn serve(
     store.close().await;
     remove_leftover_containers(&docker, "at shutdown").await;
     Ok(())
+}
+
+/// Builds the built-in python runtime's base image in the background if it is
+/// missing (about a minute, once per machine), so the first Python deploy does not
+/// wait for it. Progress goes to the log.
+fn prepare_python_image(docker: Arc<DockerExecutor>) {
+    tokio::spawn(async move {
+        let python = newt_runtime::ContainerRuntime::builtin_python();
+        if !docker.health().await.reachable {
+            return;
+        }
+        if let Err(e) = docker.ensure_runtime_image(&python).await {
+            tracing::warn!("the python runtime's base image could not be built: {e}");
+        }
+    });
 }
 
 /// A short stable id for this home, so hosts sharing an engine keep apart.

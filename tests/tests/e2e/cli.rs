@@ -91,13 +91,24 @@ async fn python_function_and_runtimes_from_the_cli() {
     let bundle = dir.path().join("dice.tgz");
     let main_py = include_bytes!("../../../examples/dice-python/main.py");
     std::fs::write(&bundle, newt_tests::tar_gz(&[("main.py", main_py)])).unwrap();
-    let args = ["deploy", "dice-py", bundle.to_str().unwrap(), "--runtime", "python", "--wait"];
+    let args = [
+        "deploy",
+        "dice-py",
+        bundle.to_str().unwrap(),
+        "--runtime",
+        "python",
+        "--wait",
+    ];
     let out = stdout_of(&newt(&server, &args));
     assert!(out.contains("deployed dice-py v1"), "{out}");
     let out = stdout_of(&newt(&server, &["invoke", "dice-py", r#"{"roll":"3d6"}"#]));
     let rolls: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(rolls.as_array().unwrap().len(), 3);
     let out = stdout_of(&newt(&server, &["runtimes"]));
-    assert!(out.lines().any(|l| l.starts_with("python ") && l.contains("agent")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("python ") && l.contains("agent")),
+        "{out}"
+    );
     assert!(out.lines().any(|l| l.starts_with("wasm ")), "{out}");
 }

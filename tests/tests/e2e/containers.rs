@@ -265,3 +265,33 @@ async fn requirement_installs_offline_from_a_bundled_wheel() {
     assert_eq!(body["greeting"], "Hello, Ada!");
     assert_eq!(body["library"], "0.1.0");
 }
+
+#[tokio::test]
+async fn a_zip_bundle_deploys_like_a_tarball() {
+    if !docker_available() {
+        return;
+    }
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.py"), DICE).unwrap();
+    let zipped = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-c", "dice.zip", "main.py"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    let bundle = std::fs::read(dir.path().join("dice.zip")).unwrap();
+    deploy_python(&server, "zipped", bundle, "").await;
+    let response = invoke(&server, "zipped", r#"{"roll":"5d6"}"#).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}

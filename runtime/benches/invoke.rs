@@ -7,7 +7,8 @@
 //!   one call (what the first call after a restart pays).
 //!
 //! Guest: the `echo` WAT fixture (a trivial WASI command). After criterion, the bench
-//! prints p50/p90/p99 of the warm call from 10 000 samples.
+//! prints p50/p90/p99 of the warm call from 10 000 samples, for echo and for the
+//! `dice` example when `make guests` has built it.
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
@@ -22,9 +23,20 @@ fn echo() -> Vec<u8> {
     wat::parse_file(path).expect("echo fixture")
 }
 
+/// The dice example, when `make guests` has built it.
+fn dice() -> Option<Vec<u8>> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
+    std::fs::read(format!("{target}/wasm32-wasip1/release/dice.wasm")).ok()
+}
+
 fn invoker(home: &Path) -> (Invoker, FunctionSpec) {
+    invoker_for(home, &echo())
+}
+
+fn invoker_for(home: &Path, module: &[u8]) -> (Invoker, FunctionSpec) {
     let cas = Cas::open(home.join("cas")).unwrap();
-    let digest = cas.put(&echo()).unwrap();
+    let digest = cas.put(module).unwrap();
     let wasm = WasmExecutor::new(WasmConfig {
         cache_dir: home.join("cache"),
         pooling: true,
@@ -43,7 +55,7 @@ fn invoker(home: &Path) -> (Invoker, FunctionSpec) {
 fn request() -> CallRequest {
     CallRequest {
         call_id: "bench".into(),
-        input: Bytes::from_static(b"{\"name\":\"bench\"}"),
+        input: Bytes::from_static(b"{\"roll\":\"4d6\"}"),
     }
 }
 
@@ -96,10 +108,10 @@ fn cold_from_cache(c: &mut Criterion) {
     });
 }
 
-fn percentiles() {
+fn percentiles(name: &str, module: &[u8]) {
     let home = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let (invoker, spec) = invoker(home.path());
+    let (invoker, spec) = invoker_for(home.path(), module);
     rt.block_on(call(&invoker, &spec));
     let mut samples: Vec<Duration> = (0..10_000)
         .map(|_| {
@@ -111,7 +123,7 @@ fn percentiles() {
     samples.sort();
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
     println!(
-        "wasm/warm in-process, 10000 samples: p50 {:?}  p90 {:?}  p99 {:?}",
+        "{name}: warm call in-process, 10000 samples: p50 {:?}  p90 {:?}  p99 {:?}",
         at(0.50),
         at(0.90),
         at(0.99)
@@ -123,5 +135,9 @@ criterion_group!(benches, warm, cold_from_cache);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    percentiles();
+    percentiles("echo", &echo());
+    match dice() {
+        Some(dice) => percentiles("dice", &dice),
+        None => println!("dice: skipped, run `make guests` first"),
+    }
 }

@@ -246,3 +246,12 @@ pub(crate) async fn image_exists(docker: &Docker, name: &str) -> Result<bool> {
         Err(e) => Err(docker_error("inspecting an image", e)),
     }
 }
+
+/// The engine's id of an image (changes whenever the image is rebuilt).
+pub(crate) async fn image_id(docker: &Docker, name: &str) -> Result<String> {
+    let inspect = docker
+        .inspect_image(name)
+        .await
+        .map_err(|e| docker_error("inspecting an image", e))?;
+    Ok(inspect.id.unwrap_or_default())
+}

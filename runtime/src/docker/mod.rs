@@ -389,21 +389,28 @@ impl Executor for DockerExecutor {
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<ContainerPrepared> {
         let runtime = self.runtime_for(spec)?;
         let docker = self.docker().await?;
+        self.ensure_runtime_image(&runtime).await?;
+        // The tag names everything the image is made from: the bundle, the runtime's
+        // definition and the exact base image. Same inputs, same image: skip the build.
+        let base_id = image::image_id(docker, &runtime.image).await?;
+        let inputs = format!(
+            "{}\n{}\n{base_id}",
+            spec.digest,
+            serde_json::to_string(&runtime).unwrap_or_default()
+        );
         let tag = format!(
             "newt-fn/{}:{}",
             spec.name,
-            &spec.digest[..spec.digest.len().min(16)]
+            &crate::cas::Digest::of(inputs.as_bytes()).as_str()[..16]
         );
         let prepared = ContainerPrepared {
             image: tag.clone(),
             runtime: runtime.clone(),
             handler: DEFAULT_HANDLER.into(),
         };
-        // Same bundle, same runtime: the image from an earlier build is still right.
         if image::image_exists(docker, &tag).await? {
             return Ok(prepared);
         }
-        self.ensure_runtime_image(&runtime).await?;
 
         let bytes = std::fs::read(bundle).map_err(|e| Error::io("reading", bundle, e))?;
         std::fs::create_dir_all(&self.work_dir)

@@ -23,6 +23,10 @@ pub enum Error {
     #[error("invalid runtime: {0}")]
     InvalidRuntime(String),
 
+    /// A preload policy is out of range or malformed.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+
     /// The limits given for a function are out of range.
     #[error("invalid limits: {0}")]
     InvalidLimits(String),

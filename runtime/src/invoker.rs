@@ -16,7 +16,8 @@ use tokio::sync::OnceCell;
 use crate::cas::{Cas, Digest};
 use crate::error::{Error, Result};
 use crate::executor::{CallOutcome, CallRequest, Executor, FunctionSpec};
-use crate::pool::{Deployment, FunctionPool};
+use crate::policy::Policy;
+use crate::pool::{Deployment, FunctionPool, PoolStats};
 
 /// An executor behind a vtable: what the invoker needs from each backend.
 #[async_trait]
@@ -24,7 +25,12 @@ trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn can_handle(&self, runtime: &str) -> bool;
     async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()>;
-    async fn deploy(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Arc<dyn Deployment>>;
+    async fn deploy(
+        &self,
+        spec: &FunctionSpec,
+        bundle: &Path,
+        policy: Policy,
+    ) -> Result<Arc<dyn Deployment>>;
 }
 
 struct ExecutorBackend<E: Executor>(Arc<E>);
@@ -43,13 +49,19 @@ impl<E: Executor> Backend for ExecutorBackend<E> {
         self.0.prepare(spec, bundle).await.map(drop)
     }
 
-    async fn deploy(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Arc<dyn Deployment>> {
+    async fn deploy(
+        &self,
+        spec: &FunctionSpec,
+        bundle: &Path,
+        policy: Policy,
+    ) -> Result<Arc<dyn Deployment>> {
         let prepared = self.0.prepare(spec, bundle).await?;
-        Ok(Arc::new(FunctionPool::new(
+        Ok(FunctionPool::start(
             self.0.clone(),
             spec.clone(),
             prepared,
-        )))
+            policy,
+        ))
     }
 }
 
@@ -64,6 +76,7 @@ pub struct Invoker {
     cas: Cas,
     backends: Vec<Arc<dyn Backend>>,
     slots: DashMap<String, Arc<Slot>>,
+    policies: DashMap<String, Policy>,
 }
 
 impl std::fmt::Debug for Invoker {
@@ -83,6 +96,7 @@ impl Invoker {
             cas,
             backends: Vec::new(),
             slots: DashMap::new(),
+            policies: DashMap::new(),
         }
     }
 
@@ -151,7 +165,8 @@ impl Invoker {
             .get_or_try_init(|| async {
                 let started = Instant::now();
                 let backend = self.backend(&spec.runtime)?;
-                let deployment = backend.deploy(spec, &self.bundle_path(spec)?).await;
+                let policy = self.policy(&spec.name);
+                let deployment = backend.deploy(spec, &self.bundle_path(spec)?, policy).await;
                 prepare_time = started.elapsed();
                 deployment
             })
@@ -181,8 +196,61 @@ impl Invoker {
 
     /// Forgets a function and destroys its idle instances.
     pub fn remove(&self, name: &str) {
+        self.policies.remove(name);
         if let Some((_, old)) = self.slots.remove(name) {
             drain_in_background(old);
+        }
+    }
+
+    /// The policy in force for a function (the default until one is set).
+    pub fn policy(&self, name: &str) -> Policy {
+        self.policies
+            .get(name)
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets a function's policy; a running pool follows it at once.
+    pub fn set_policy(&self, name: &str, policy: Policy) {
+        if let Some(slot) = self.slots.get(name)
+            && let Some(deployment) = slot.deployment.get()
+        {
+            deployment.set_policy(policy.clone());
+        }
+        self.policies.insert(name.to_string(), policy);
+    }
+
+    /// Prepares `spec`'s version now, so its pool starts filling to `min_warm` before
+    /// any call (and the first call does not pay for loading it).
+    pub async fn preload(&self, spec: &FunctionSpec) -> Result<()> {
+        self.deployment(spec).await.map(drop)
+    }
+
+    /// The state of every live pool, by function name.
+    pub fn pools(&self) -> Vec<PoolStats> {
+        let mut all: Vec<PoolStats> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.deployment.get().map(|d| d.stats()))
+            .collect();
+        all.sort_by(|a, b| a.function.cmp(&b.function));
+        all
+    }
+
+    /// The state of one function's pool, if it has one.
+    pub fn pool(&self, name: &str) -> Option<PoolStats> {
+        let slot = self.slots.get(name)?;
+        slot.deployment.get().map(|d| d.stats())
+    }
+
+    /// Drains every pool (shutdown): idle instances are destroyed now, busy ones when
+    /// their call ends.
+    pub async fn drain_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.clone()).collect();
+        for slot in slots {
+            if let Some(deployment) = slot.deployment.get() {
+                deployment.drain().await;
+            }
         }
     }
 }

@@ -7,8 +7,9 @@
 //! - [`Executor`]: a backend that can prepare a function, create instances of it,
 //!   invoke a call in one and destroy it. [`WasmExecutor`] runs WASI preview 1 modules
 //!   in-process on wasmtime; containers are a peer behind the same trait.
-//! - pools (`pool.rs`): where a call finds its instance, and how it started
-//!   ([`StartKind`]).
+//! - pools (`pool.rs`): where a call finds its instance, how it started
+//!   ([`StartKind`]), and how warm they are kept ([`Policy`]: `none`, `runtime`,
+//!   `function`, with `min_warm`, `max_instances`, `keep_alive`).
 //! - [`Invoker`]: maps a function to the executor of its runtime and the pool of its
 //!   current version; the host calls [`Invoker::invoke`] with a [`FunctionSpec`] and a
 //!   [`CallRequest`] and gets a [`CallOutcome`].
@@ -23,6 +24,7 @@ mod error;
 mod executor;
 mod invoker;
 mod limits;
+mod policy;
 mod pool;
 mod wasm;
 
@@ -38,4 +40,6 @@ pub use executor::{
 };
 pub use invoker::Invoker;
 pub use limits::{Limits, MAX_LOG_BYTES, MAX_MEMORY_MB, MAX_OUTPUT_BYTES, MAX_TIMEOUT_MS};
+pub use policy::{Policy, Preload, format_duration, parse_duration};
+pub use pool::PoolStats;
 pub use wasm::{WasmConfig, WasmExecutor, WasmInstance, WasmPrepared};

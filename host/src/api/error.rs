@@ -110,6 +110,7 @@ impl From<newt_runtime::Error> for ApiError {
             E::InvalidBundle(m) => ApiError::InvalidBundle(m),
             E::InvalidLimits(m) => ApiError::BadRequest(format!("invalid limits: {m}")),
             E::InvalidRuntime(m) => ApiError::InvalidBundle(format!("invalid runtime: {m}")),
+            E::InvalidPolicy(m) => ApiError::BadRequest(format!("invalid policy: {m}")),
             E::InstanceStart(m) => {
                 ApiError::FunctionFailed(format!("the function's instance could not start: {m}"))
             }
@@ -204,6 +205,7 @@ mod tests {
             (E::InvalidBundle("x".into()), 422),
             (E::InvalidLimits("x".into()), 400),
             (E::InvalidRuntime("x".into()), 422),
+            (E::InvalidPolicy("x".into()), 400),
             (E::InstanceStart("x".into()), 502),
             (E::UnknownRuntime("x".into()), 400),
             (

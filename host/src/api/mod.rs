@@ -47,7 +47,7 @@ pub fn app(state: SharedState) -> Router {
         ));
     // The seed platform's routes, with its bodies, behind the same token.
     let seed = Router::new()
-        .route("/registerRuntime", post(seed::register_runtime))
+        .route("/registerRuntime", post(runtimes::create))
         .route(
             "/registerFunction/{runtime}/{name}",
             post(seed::register_function).layer(DefaultBodyLimit::max(config.max_bundle_bytes)),

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use newt_runtime::{CallResult, ContainerRuntime, Limits};
+use newt_runtime::{CallResult, Limits};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -13,25 +13,6 @@ use super::error::{ApiError, ApiResult};
 use super::functions::{deploy_bundle, read_bundle, serving, validate_name};
 use crate::server::{SharedState, spec_of};
 use crate::store::{CallFilter, CallRecord};
-
-/// `POST /registerRuntime`: the runtime object as JSON.
-pub async fn register_runtime(
-    State(state): State<SharedState>,
-    body: Result<Json<ContainerRuntime>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let Json(runtime) = body.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "invalid runtime object ({}): expected {{\"name\", \"image\", \"path\", \
-             \"dependencies\", \"run\"}}",
-            e.body_text()
-        ))
-    })?;
-    let runtime = super::runtimes::register(&state, runtime).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(super::runtimes::runtime_json(&runtime, false)),
-    ))
-}
 
 /// `POST /registerFunction/{runtime}/{funcName}`: multipart field `module` holds the
 /// bundle. Answers when the function is ready (or its build failed), as the seed did.

@@ -8,6 +8,7 @@
 mod api;
 mod client;
 mod commands;
+mod metrics;
 mod server;
 mod store;
 
@@ -37,6 +38,8 @@ enum Command {
     Call(commands::call::CallArgs),
     /// Remove a function.
     Delete(commands::delete::DeleteArgs),
+    /// Show every pool: instances idle, busy, starting; calls waiting; start kinds.
+    Pools(commands::pools::PoolsArgs),
     /// List, register or remove container runtimes.
     Runtimes(commands::runtimes::RuntimesArgs),
     /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
@@ -76,6 +79,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Call(args) => commands::call::run(args).await,
             Command::Delete(args) => commands::delete::run(args).await,
             Command::Runtimes(args) => commands::runtimes::run(args).await,
+            Command::Pools(args) => commands::pools::run(args).await,
             Command::Serve(_) | Command::Build(_) | Command::New(_) => {
                 unreachable!("handled before the client runtime starts")
             }

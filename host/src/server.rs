@@ -5,7 +5,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use newt_runtime::{
     CallOutcome, CallRequest, CallResult, ContainerRuntime, DockerExecutor, FunctionSpec, Invoker,
-    Limits,
+    Limits, Policy,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +42,10 @@ pub struct AppState {
     pub serving: DashMap<String, FunctionVersion>,
     /// The container executor, for runtimes and health.
     pub docker: Arc<DockerExecutor>,
+    /// The policy of each runtime (`wasm` included); functions override fields.
+    pub runtime_policies: DashMap<String, Policy>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Server settings.
     pub config: ServerConfig,
     /// Serialises deploys and deletes, so versions are assigned in request order.
@@ -59,7 +63,14 @@ pub struct FunctionConfig {
     /// Per-call limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Policy fields this function overrides over its runtime's policy (a JSON
+    /// object; empty = the runtime's policy as it is).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub policy: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The name under which the wasm runtime's policy is kept in the runtimes table.
+pub const WASM_RUNTIME: &str = "wasm";
 
 /// A version that calls can run.
 pub const STATUS_READY: &str = "ready";
@@ -76,9 +87,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A version's config column, read leniently (defaults for what is missing).
+pub fn config_of(version: &FunctionVersion) -> FunctionConfig {
+    serde_json::from_value(version.config.clone()).unwrap_or_default()
+}
+
 /// The engine's view of a stored function version.
 pub fn spec_of(version: &FunctionVersion) -> FunctionSpec {
-    let config: FunctionConfig = serde_json::from_value(version.config.clone()).unwrap_or_default();
+    let config = config_of(version);
     FunctionSpec {
         name: version.name.clone(),
         version: version.version,
@@ -97,10 +113,28 @@ impl AppState {
         docker: Arc<DockerExecutor>,
         config: ServerConfig,
     ) -> anyhow::Result<Self> {
-        docker.register_runtime(ContainerRuntime::builtin_python());
+        let runtime_policies = DashMap::new();
+        let python = ContainerRuntime::builtin_python();
+        runtime_policies.insert(
+            python.name.clone(),
+            python.policy.clone().unwrap_or_default(),
+        );
+        docker.register_runtime(python.clone());
         for definition in store.runtimes()? {
+            let name = definition["name"].as_str().unwrap_or_default().to_string();
+            let policy = serde_json::from_value::<Policy>(definition["policy"].clone()).ok();
+            if name == WASM_RUNTIME || name == python.name {
+                // Built-ins keep their definition; only their policy is saved.
+                if let Some(policy) = policy {
+                    runtime_policies.insert(name, policy);
+                }
+                continue;
+            }
             match serde_json::from_value::<ContainerRuntime>(definition) {
-                Ok(runtime) => docker.register_runtime(runtime),
+                Ok(runtime) => {
+                    runtime_policies.insert(name, runtime.policy.clone().unwrap_or_default());
+                    docker.register_runtime(runtime);
+                }
                 Err(e) => tracing::warn!("ignoring an unreadable saved runtime: {e}"),
             }
         }
@@ -126,6 +160,8 @@ impl AppState {
             functions,
             serving,
             docker,
+            runtime_policies,
+            metrics: crate::metrics::Metrics::default(),
             async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
             async_backlog: AtomicUsize::new(0),
             config,
@@ -172,8 +208,22 @@ impl AppState {
             call_id: record.id.clone(),
             input: Bytes::copy_from_slice(&record.input),
         };
+        let started = std::time::Instant::now();
         let outcome = self.invoker.invoke(spec, request).await;
         record.finished_at = Some(now_ms());
+        let (status, start) = match &outcome {
+            Ok(o) => (
+                match o.result {
+                    CallResult::Done => "done",
+                    CallResult::Failed(_) => "failed",
+                    CallResult::Timeout(_) => "timeout",
+                },
+                Some(o.start),
+            ),
+            Err(_) => ("error", None),
+        };
+        self.metrics
+            .record_call(&spec.name, status, start, started.elapsed());
         match &outcome {
             Ok(outcome) => {
                 let (status, error) = match &outcome.result {
@@ -244,6 +294,41 @@ impl AppState {
         });
     }
 
+    /// The policy of a runtime.
+    pub fn runtime_policy(&self, runtime: &str) -> Policy {
+        self.runtime_policies
+            .get(runtime)
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// A function's policy: its runtime's, with the function's overrides on top.
+    pub fn effective_policy(&self, version: &FunctionVersion) -> Policy {
+        let base = self.runtime_policy(&version.runtime);
+        let overrides = config_of(version).policy;
+        base.patched(&serde_json::Value::Object(overrides))
+            .unwrap_or(base)
+    }
+
+    /// Hands a function's policy to its pool, and starts filling `min_warm` now when
+    /// the policy asks for instances ahead of calls.
+    pub fn apply_policy(self: &Arc<Self>, name: &str) {
+        let Some(version) = self.serving.get(name).map(|v| v.clone()) else {
+            return;
+        };
+        let policy = self.effective_policy(&version);
+        let fill = policy.min_warm > 0 && policy.preload == newt_runtime::Preload::Function;
+        self.invoker.set_policy(name, policy);
+        if fill {
+            let state = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = state.invoker.preload(&spec_of(&version)).await {
+                    tracing::warn!(function = %version.name, "could not preload: {e}");
+                }
+            });
+        }
+    }
+
     /// Builds a pending container version in the background (or now, awaited, when
     /// the caller wants the result) and records `ready` or `failed` with the reason.
     pub async fn build_version(self: &Arc<Self>, version: FunctionVersion) -> FunctionVersion {
@@ -282,6 +367,10 @@ impl AppState {
                 self.serving.insert(version.name.clone(), version.clone());
             }
         }
+        drop(_guard);
+        if status == STATUS_READY {
+            self.apply_policy(&version.name);
+        }
         version
     }
 
@@ -302,6 +391,10 @@ impl AppState {
         }
         if pending > 0 {
             tracing::info!(calls = pending, "resuming accepted async calls");
+        }
+        let ready: Vec<String> = self.serving.iter().map(|v| v.name.clone()).collect();
+        for name in ready {
+            self.apply_policy(&name);
         }
         // Builds a dead process left unfinished start again.
         for function in self.functions.iter() {

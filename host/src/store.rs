@@ -436,6 +436,27 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the config (limits, policy overrides) of one version. Blocking.
+    pub fn set_version_config(
+        &self,
+        name: &str,
+        version: i64,
+        config: &serde_json::Value,
+    ) -> Result<()> {
+        let changed = self
+            .inner
+            .admin()
+            .execute(
+                "UPDATE function_versions SET config = ?3 WHERE name = ?1 AND version = ?2",
+                params![name, version, config.to_string()],
+            )
+            .with_context(|| format!("setting the config of {name} version {version}"))?;
+        if changed == 0 {
+            bail!("function {name} has no version {version}");
+        }
+        Ok(())
+    }
+
     /// The current (newest) version of every live function, sorted by name. Blocking.
     pub fn current_versions(&self) -> Result<Vec<FunctionVersion>> {
         self.inner

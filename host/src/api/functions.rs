@@ -7,13 +7,13 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits};
+use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits, Policy};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
 use crate::server::{
-    FunctionConfig, STATUS_FAILED, STATUS_PENDING, STATUS_READY, SharedState, spec_of,
+    FunctionConfig, STATUS_FAILED, STATUS_PENDING, STATUS_READY, SharedState, config_of, spec_of,
 };
 use crate::store::FunctionVersion;
 
@@ -106,9 +106,31 @@ pub fn function_json(version: &FunctionVersion) -> Value {
 }
 
 /// Parses the deploy query: the runtime and any limits.
-fn deploy_options(query: &HashMap<String, String>) -> ApiResult<(String, Limits)> {
+/// What a deploy's query sets.
+#[derive(Debug)]
+pub struct DeployOptions {
+    /// The runtime (default wasm).
+    pub runtime: String,
+    /// Per-call limits.
+    pub limits: Limits,
+    /// Policy fields overriding the runtime's; `None` keeps the previous version's.
+    pub policy: Option<serde_json::Map<String, Value>>,
+}
+
+/// The policy fields a deploy or PATCH may set.
+const POLICY_FIELDS: [&str; 5] = [
+    "preload",
+    "min_warm",
+    "max_instances",
+    "keep_alive",
+    "max_queue",
+];
+
+/// Parses the deploy query: the runtime, limits and policy overrides.
+fn deploy_options(query: &HashMap<String, String>) -> ApiResult<DeployOptions> {
     let mut limits = Limits::default();
     let mut runtime = DEFAULT_RUNTIME.to_string();
+    let mut policy = serde_json::Map::new();
     for (key, value) in query {
         let number = || {
             value.parse::<u64>().map_err(|_| {
@@ -121,16 +143,29 @@ fn deploy_options(query: &HashMap<String, String>) -> ApiResult<(String, Limits)
             "memory_mb" => limits.memory_mb = number()?,
             "max_output_bytes" => limits.max_output_bytes = number()?,
             "max_log_bytes" => limits.max_log_bytes = number()?,
+            "min_warm" | "max_instances" | "max_queue" => {
+                policy.insert(key.clone(), json!(number()?));
+            }
+            "preload" | "keep_alive" => {
+                policy.insert(key.clone(), json!(value));
+            }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown parameter `{other}`: accepted are runtime, timeout_ms, memory_mb, \
-                     max_output_bytes, max_log_bytes"
+                    "unknown parameter `{other}`: accepted are runtime, wait, timeout_ms, \
+                     memory_mb, max_output_bytes, max_log_bytes, {}",
+                    POLICY_FIELDS.join(", ")
                 )));
             }
         }
     }
     limits.validate()?;
-    Ok((runtime, limits))
+    // Check the fields now; the runtime's policy is merged under them later.
+    Policy::default().patched(&Value::Object(policy.clone()))?;
+    Ok(DeployOptions {
+        runtime,
+        limits,
+        policy: (!policy.is_empty()).then_some(policy),
+    })
 }
 
 /// The bundle of a deploy request: the raw body, or the `module` field of a
@@ -198,9 +233,9 @@ pub async fn deploy(
     let wait = query
         .remove("wait")
         .is_some_and(|v| v == "true" || v == "1" || v.is_empty());
-    let (runtime, limits) = deploy_options(&query)?;
+    let options = deploy_options(&query)?;
     let bundle = read_bundle(&state, request).await?;
-    let (status, version) = deploy_bundle(&state, &name, &runtime, limits, bundle, wait).await?;
+    let (status, version) = deploy_bundle(&state, &name, options, bundle, wait).await?;
     Ok((status, Json(function_json(&version))).into_response())
 }
 
@@ -209,11 +244,16 @@ pub async fn deploy(
 pub async fn deploy_bundle(
     state: &SharedState,
     name: &str,
-    runtime: &str,
-    limits: Limits,
+    options: DeployOptions,
     bundle: Bytes,
     wait: bool,
 ) -> ApiResult<(StatusCode, FunctionVersion)> {
+    let DeployOptions {
+        runtime,
+        limits,
+        policy,
+    } = options;
+    let runtime = runtime.as_str();
     let is_wasm = runtime == DEFAULT_RUNTIME;
     if is_wasm && !bundle.starts_with(b"\0asm") {
         return Err(ApiError::InvalidBundle(
@@ -244,17 +284,30 @@ pub async fn deploy_bundle(
     let digest = tokio::task::spawn_blocking(move || cas.put(&bundle))
         .await
         .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))??;
+    let guard = state.deploy_lock.lock().await;
+    let previous = state.functions.get(name).map(|f| f.clone());
+    // Without policy parameters a redeploy keeps the function's overrides.
+    let policy = match policy {
+        Some(policy) => policy,
+        None => previous
+            .as_ref()
+            .map(|v| config_of(v).policy)
+            .unwrap_or_default(),
+    };
+    state
+        .runtime_policy(runtime)
+        .patched(&Value::Object(policy.clone()))?;
     let config = serde_json::to_value(FunctionConfig {
         limits: limits.clone(),
+        policy: policy.clone(),
     })
     .map_err(anyhow::Error::from)?;
-
-    let guard = state.deploy_lock.lock().await;
-    if let Some(existing) = state.functions.get(name).map(|f| f.clone())
+    if let Some(existing) = previous
         && existing.digest == digest.as_str()
         && existing.runtime == runtime
         && existing.status != STATUS_FAILED
-        && spec_of(&existing).limits == limits
+        && config_of(&existing).limits == limits
+        && config_of(&existing).policy == policy
     {
         return Ok((StatusCode::OK, existing));
     }
@@ -289,6 +342,7 @@ pub async fn deploy_bundle(
     drop(guard);
     tracing::info!(function = %name, version = version.version, %digest, runtime, "deployed");
     if is_wasm {
+        state.apply_policy(name);
         return Ok((StatusCode::CREATED, version));
     }
     if wait {
@@ -311,6 +365,94 @@ pub async fn deploy_bundle(
     ))
 }
 
+/// Reads a PATCH body: a JSON object of policy fields.
+pub fn policy_changes(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<serde_json::Map<String, Value>> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a JSON object of policy fields ({}): {}",
+            POLICY_FIELDS.join(", "),
+            e.body_text()
+        ))
+    })?;
+    let Value::Object(changes) = body else {
+        return Err(ApiError::BadRequest(format!(
+            "expected a JSON object of policy fields ({})",
+            POLICY_FIELDS.join(", ")
+        )));
+    };
+    if let Some(unknown) = changes
+        .keys()
+        .find(|k| !POLICY_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "unknown policy field `{unknown}`: accepted are {}",
+            POLICY_FIELDS.join(", ")
+        )));
+    }
+    Ok(changes)
+}
+
+/// `PATCH /v1/functions/{name}`: body is the policy fields to override. Takes effect
+/// on the running pool at once.
+pub async fn patch(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let changes = policy_changes(body)?;
+    let guard = state.deploy_lock.lock().await;
+    let newest = current(&state, &name)?;
+    let mut config = config_of(&newest);
+    config.policy.extend(changes);
+    state
+        .runtime_policy(&newest.runtime)
+        .patched(&Value::Object(config.policy.clone()))?;
+    let value = serde_json::to_value(&config).map_err(anyhow::Error::from)?;
+    // The newest version and the one serving calls (they differ while a build runs).
+    let mut targets = vec![newest.clone()];
+    if let Some(serving) = state.serving.get(&name).map(|v| v.clone())
+        && serving.version != newest.version
+    {
+        targets.push(serving);
+    }
+    for mut version in targets {
+        let (store, n, v, c) = (
+            state.store.clone(),
+            name.clone(),
+            version.version,
+            value.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.set_version_config(&n, v, &c))
+            .await
+            .map_err(|e| anyhow::anyhow!("saving the policy: {e}"))??;
+        version.config = value.clone();
+        if state
+            .functions
+            .get(&name)
+            .is_some_and(|f| f.version == version.version)
+        {
+            state.functions.insert(name.clone(), version.clone());
+        }
+        if state
+            .serving
+            .get(&name)
+            .is_some_and(|f| f.version == version.version)
+        {
+            state.serving.insert(name.clone(), version);
+        }
+    }
+    drop(guard);
+    state.apply_policy(&name);
+    show(State(state), Path(name)).await
+}
+
+/// `GET /v1/pools`: every live pool.
+pub async fn pools(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({ "pools": state.invoker.pools() }))
+}
+
 /// `GET /v1/functions`.
 pub async fn list(State(state): State<SharedState>) -> Json<Value> {
     let mut functions: Vec<FunctionVersion> =
@@ -327,10 +469,14 @@ pub async fn show(
 ) -> ApiResult<Json<Value>> {
     let function = current(&state, &name)?;
     let store = state.store.clone();
-    let versions = tokio::task::spawn_blocking(move || store.versions(&name))
+    let n = name.clone();
+    let versions = tokio::task::spawn_blocking(move || store.versions(&n))
         .await
         .map_err(|e| anyhow::anyhow!("reading versions: {e}"))??;
     let mut body = function_json(&function);
+    body["policy"] = json!(state.effective_policy(&function));
+    body["policy_overrides"] = Value::Object(config_of(&function).policy);
+    body["pool"] = json!(state.invoker.pool(&name));
     body["versions"] = versions
         .iter()
         .map(|v| {
@@ -507,9 +653,16 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        let (runtime, limits) = deploy_options(&q(&[("timeout_ms", "500")])).unwrap();
-        assert_eq!(runtime, "wasm");
-        assert_eq!(limits.timeout_ms, 500);
+        let options = deploy_options(&q(&[("timeout_ms", "500")])).unwrap();
+        assert_eq!(options.runtime, "wasm");
+        assert_eq!(options.limits.timeout_ms, 500);
+        assert!(options.policy.is_none());
+        let options = deploy_options(&q(&[("preload", "none"), ("min_warm", "2")])).unwrap();
+        let policy = options.policy.unwrap();
+        assert_eq!(policy["preload"], "none");
+        assert_eq!(policy["min_warm"], 2);
+        assert!(deploy_options(&q(&[("preload", "lukewarm")])).is_err());
+        assert!(deploy_options(&q(&[("keep_alive", "forever")])).is_err());
         assert!(deploy_options(&q(&[("timeout_ms", "soon")])).is_err());
         assert!(deploy_options(&q(&[("memory_mb", "999999")])).is_err());
         assert!(deploy_options(&q(&[("colour", "red")])).is_err());

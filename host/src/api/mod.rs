@@ -28,6 +28,7 @@ pub fn app(state: SharedState) -> Router {
             put(functions::deploy)
                 .layer(DefaultBodyLimit::max(config.max_bundle_bytes))
                 .get(functions::show)
+                .patch(functions::patch)
                 .delete(functions::delete),
         )
         .route(
@@ -36,10 +37,13 @@ pub fn app(state: SharedState) -> Router {
         )
         .route("/calls", get(calls::list))
         .route("/calls/{id}", get(calls::show))
+        .route("/pools", get(functions::pools))
         .route("/runtimes", get(runtimes::list).post(runtimes::create))
         .route(
             "/runtimes/{name}",
-            get(runtimes::show).delete(runtimes::delete),
+            get(runtimes::show)
+                .patch(runtimes::patch)
+                .delete(runtimes::delete),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -68,6 +72,13 @@ pub fn app(state: SharedState) -> Router {
         .nest("/v1", v1)
         .merge(seed)
         .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            )),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -81,6 +92,19 @@ async fn healthz(
         "functions": state.functions.len(),
         "docker": state.docker.health().await,
     }))
+}
+
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<SharedState>,
+) -> impl axum::response::IntoResponse {
+    let text = state.metrics.render(&state.invoker.pools());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -8,7 +8,7 @@ use newt_runtime::ContainerRuntime;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use crate::server::SharedState;
+use crate::server::{SharedState, WASM_RUNTIME};
 
 /// The JSON form of a runtime.
 pub fn runtime_json(runtime: &ContainerRuntime, builtin: bool) -> Value {
@@ -63,7 +63,12 @@ pub async fn create(
 
 /// `GET /v1/runtimes`: `wasm` and every container runtime.
 pub async fn list(State(state): State<SharedState>) -> Json<Value> {
-    let mut items = vec![json!({ "name": "wasm", "builtin": true, "mode": "wasm" })];
+    let mut items = vec![json!({
+        "name": WASM_RUNTIME,
+        "builtin": true,
+        "mode": "wasm",
+        "policy": state.runtime_policy(WASM_RUNTIME),
+    })];
     items.extend(
         state
             .docker
@@ -84,6 +89,51 @@ pub async fn show(
         .runtime(&name)
         .map(|r| Json(runtime_json(&r, is_builtin(&name))))
         .ok_or_else(|| ApiError::NotFound(format!("runtime `{name}` does not exist")))
+}
+
+/// `PATCH /v1/runtimes/{name}`: body is policy fields; the runtime's functions follow
+/// at once, except for the fields each overrides.
+pub async fn patch(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let changes = super::functions::policy_changes(body)?;
+    let is_wasm = name == WASM_RUNTIME;
+    let runtime = state.docker.runtime(&name);
+    if !is_wasm && runtime.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "runtime `{name}` does not exist"
+        )));
+    }
+    let policy = state
+        .runtime_policy(&name)
+        .patched(&Value::Object(changes))?;
+    let definition = match &runtime {
+        Some(runtime) => {
+            let mut updated = runtime.clone();
+            updated.policy = Some(policy.clone());
+            state.docker.register_runtime(updated.clone());
+            serde_json::to_value(&updated).map_err(anyhow::Error::from)?
+        }
+        None => json!({ "name": WASM_RUNTIME, "policy": policy }),
+    };
+    let store = state.store.clone();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || store.put_runtime(&n, &definition))
+        .await
+        .map_err(|e| anyhow::anyhow!("saving the runtime policy: {e}"))??;
+    state.runtime_policies.insert(name.clone(), policy.clone());
+    let affected: Vec<String> = state
+        .serving
+        .iter()
+        .filter(|f| f.runtime == name)
+        .map(|f| f.name.clone())
+        .collect();
+    for function in affected {
+        state.apply_policy(&function);
+    }
+    Ok(Json(json!({ "name": name, "policy": policy })))
 }
 
 /// `DELETE /v1/runtimes/{name}`: refused while functions use it.

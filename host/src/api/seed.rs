@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::functions::{deploy_bundle, read_bundle, serving, validate_name};
+use super::functions::{DeployOptions, deploy_bundle, read_bundle, serving, validate_name};
 use crate::server::{SharedState, spec_of};
 use crate::store::{CallFilter, CallRecord};
 
@@ -23,8 +23,12 @@ pub async fn register_function(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_name(&name)?;
     let bundle = read_bundle(&state, request).await?;
-    let (status, version) =
-        deploy_bundle(&state, &name, &runtime, Limits::default(), bundle, true).await?;
+    let options = DeployOptions {
+        runtime,
+        limits: Limits::default(),
+        policy: None,
+    };
+    let (status, version) = deploy_bundle(&state, &name, options, bundle, true).await?;
     Ok((
         status,
         Json(json!({

@@ -32,6 +32,21 @@ pub struct DeployArgs {
     /// Largest log kept per call, in bytes [server default: 1 MiB].
     #[arg(long)]
     pub max_log_bytes: Option<u64>,
+    /// Preload policy: none, runtime or function [default: the runtime's].
+    #[arg(long)]
+    pub preload: Option<String>,
+    /// Instances kept ready at all times.
+    #[arg(long)]
+    pub min_warm: Option<u64>,
+    /// Most instances at once; calls beyond wait, then get 429.
+    #[arg(long)]
+    pub max_instances: Option<u64>,
+    /// How long idle instances above min_warm live (e.g. 60s, 500ms).
+    #[arg(long)]
+    pub keep_alive: Option<String>,
+    /// Calls that may wait when all instances are busy.
+    #[arg(long)]
+    pub max_queue: Option<u64>,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -50,9 +65,17 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         ("memory_mb", args.memory_mb),
         ("max_output_bytes", args.max_output_bytes),
         ("max_log_bytes", args.max_log_bytes),
+        ("min_warm", args.min_warm),
+        ("max_instances", args.max_instances),
+        ("max_queue", args.max_queue),
     ] {
         if let Some(value) = value {
             query.push(format!("{key}={value}"));
+        }
+    }
+    for (key, value) in [("preload", &args.preload), ("keep_alive", &args.keep_alive)] {
+        if let Some(value) = value {
+            query.push(format!("{key}={}", encode(value)));
         }
     }
     let client = Client::new(&args.client)?;

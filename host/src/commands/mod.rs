@@ -8,5 +8,6 @@ pub mod deploy;
 pub mod functions;
 pub mod invoke;
 pub mod new;
+pub mod pools;
 pub mod runtimes;
 pub mod serve;

@@ -30,10 +30,22 @@ pub(crate) const PYTHON_RUNTIME_TOML: &str = include_str!("../../../runtimes/pyt
 /// Label holding the recipe hash of a base image.
 const RECIPE_LABEL: &str = "newt.recipe";
 
-/// sha256 of everything the base image is made from.
+/// The image config the base image is imported with.
+const PYTHON_IMAGE_CONFIG: [&str; 4] = [
+    "USER 10001",
+    "WORKDIR /app",
+    "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+    "CMD [\"python3\", \"/opt/newt/agent.py\"]",
+];
+
+/// sha256 of everything the base image is made from: the recipe, the agent and the
+/// image config (not runtime.toml: its policy or commands do not change the image).
 pub(crate) fn python_recipe_hash() -> String {
     let mut h = Sha256::new();
-    for part in [PYTHON_ROOTFS_SH, PYTHON_AGENT, PYTHON_RUNTIME_TOML] {
+    for part in [PYTHON_ROOTFS_SH, PYTHON_AGENT]
+        .into_iter()
+        .chain(PYTHON_IMAGE_CONFIG)
+    {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -165,13 +177,8 @@ async fn tar_directory(root: &Path) -> Result<Vec<u8>> {
 /// Imports a root filesystem tarball as `tag`, with the runtime's image config.
 async fn import_image(docker: &Docker, tag: &str, recipe: &str, tar: Vec<u8>) -> Result<()> {
     let (repo, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
-    let changes = vec![
-        "USER 10001".to_string(),
-        "WORKDIR /app".to_string(),
-        "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1".to_string(),
-        format!("LABEL {RECIPE_LABEL}={recipe} newt.managed=true"),
-        "CMD [\"python3\", \"/opt/newt/agent.py\"]".to_string(),
-    ];
+    let mut changes: Vec<String> = PYTHON_IMAGE_CONFIG.iter().map(|c| c.to_string()).collect();
+    changes.push(format!("LABEL {RECIPE_LABEL}={recipe} newt.managed=true"));
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
         .repo(repo)

@@ -67,6 +67,9 @@ pub struct ContainerRuntime {
     /// Agent or command mode. Runtimes registered the seed's way are command mode.
     #[serde(default)]
     pub mode: RunMode,
+    /// The preload policy of the runtime's functions (each may override it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Policy>,
 }
 
 fn default_path() -> String {
@@ -393,10 +396,15 @@ impl Executor for DockerExecutor {
         // The tag names everything the image is made from: the bundle, the runtime's
         // definition and the exact base image. Same inputs, same image: skip the build.
         let base_id = image::image_id(docker, &runtime.image).await?;
+        // The policy says how many containers to keep, not what is in them.
+        let build_inputs = ContainerRuntime {
+            policy: None,
+            ..runtime.clone()
+        };
         let inputs = format!(
             "{}\n{}\n{base_id}",
             spec.digest,
-            serde_json::to_string(&runtime).unwrap_or_default()
+            serde_json::to_string(&build_inputs).unwrap_or_default()
         );
         let tag = format!(
             "newt-fn/{}:{}",

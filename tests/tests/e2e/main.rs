@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod containers;
 mod limits;
+mod pools;
 mod restart;
 mod seed;
 mod support;

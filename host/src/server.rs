@@ -138,6 +138,9 @@ impl AppState {
                 Err(e) => tracing::warn!("ignoring an unreadable saved runtime: {e}"),
             }
         }
+        for entry in runtime_policies.iter() {
+            docker.set_runtime_policy(entry.key(), entry.value().clone());
+        }
         let functions = DashMap::new();
         let serving = DashMap::new();
         for version in store.current_versions()? {

@@ -139,6 +139,17 @@ pub trait Executor: Send + Sync + 'static {
     /// building); done once per version and process.
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Self::Prepared>;
 
+    /// Takes a generic runtime-level instance, if one is ready, and loads the function
+    /// into it (`prewarmed`). `None` when there is none to take (the caller then
+    /// creates one); the default for executors without runtime-level instances.
+    async fn take_prewarmed(
+        &self,
+        _spec: &FunctionSpec,
+        _prepared: &Arc<Self::Prepared>,
+    ) -> Option<Self::Instance> {
+        None
+    }
+
     /// Creates an instance of a prepared function.
     async fn create(
         &self,

@@ -298,22 +298,35 @@ impl<E: Executor> Deployment for FunctionPool<E> {
             Some(instance) => (instance, Duration::ZERO, StartKind::Warm),
             None => {
                 let t = Instant::now();
-                let created = match self.create().await {
-                    Ok(instance) => instance,
-                    Err(e) => {
-                        self.lock().busy -= 1;
-                        self.freed.notify_one();
-                        return Err(e);
+                let stem = match policy.preload {
+                    Preload::Runtime => {
+                        self.executor
+                            .take_prewarmed(&self.spec, &self.prepared)
+                            .await
                     }
+                    _ => None,
                 };
-                let cheap = self.executor.creating_is_warm();
-                let start = match policy.preload {
-                    Preload::None => StartKind::Cold,
-                    Preload::Runtime if cheap => StartKind::Prewarmed,
-                    Preload::Function if cheap && !first => StartKind::Warm,
-                    _ => StartKind::Cold,
-                };
-                (created, t.elapsed(), start)
+                if let Some(instance) = stem {
+                    self.counters.created.fetch_add(1, Ordering::Relaxed);
+                    (instance, t.elapsed(), StartKind::Prewarmed)
+                } else {
+                    let created = match self.create().await {
+                        Ok(instance) => instance,
+                        Err(e) => {
+                            self.lock().busy -= 1;
+                            self.freed.notify_one();
+                            return Err(e);
+                        }
+                    };
+                    let cheap = self.executor.creating_is_warm();
+                    let start = match policy.preload {
+                        Preload::None => StartKind::Cold,
+                        Preload::Runtime if cheap => StartKind::Prewarmed,
+                        Preload::Function if cheap && !first => StartKind::Warm,
+                        _ => StartKind::Cold,
+                    };
+                    (created, t.elapsed(), start)
+                }
             }
         };
         match start {

@@ -448,9 +448,25 @@ pub async fn patch(
     show(State(state), Path(name)).await
 }
 
-/// `GET /v1/pools`: every live pool.
+/// `GET /v1/pools`: every function's pool, and every runtime-level pool.
 pub async fn pools(State(state): State<SharedState>) -> Json<Value> {
-    Json(json!({ "pools": state.invoker.pools() }))
+    let stems = state.docker.stem_counts();
+    let mut runtime_pools: Vec<Value> = state
+        .runtime_policies
+        .iter()
+        .map(|entry| {
+            let name = entry.key();
+            // wasm's runtime level is the engine and linker: always ready.
+            let idle = if name == crate::server::WASM_RUNTIME {
+                Value::Null
+            } else {
+                json!(stems.get(name).copied().unwrap_or(0))
+            };
+            json!({ "runtime": name, "policy": entry.value(), "idle": idle })
+        })
+        .collect();
+    runtime_pools.sort_by(|a, b| a["runtime"].as_str().cmp(&b["runtime"].as_str()));
+    Json(json!({ "pools": state.invoker.pools(), "runtime_pools": runtime_pools }))
 }
 
 /// `GET /v1/functions`.

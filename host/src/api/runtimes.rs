@@ -41,6 +41,11 @@ pub async fn register(
         .await
         .map_err(|e| anyhow::anyhow!("saving the runtime: {e}"))??;
     state.docker.register_runtime(runtime.clone());
+    let policy = runtime.policy.clone().unwrap_or_default();
+    state
+        .runtime_policies
+        .insert(runtime.name.clone(), policy.clone());
+    state.docker.set_runtime_policy(&runtime.name, policy);
     tracing::info!(runtime = %runtime.name, image = %runtime.image, "runtime registered");
     Ok(runtime)
 }
@@ -124,6 +129,9 @@ pub async fn patch(
         .await
         .map_err(|e| anyhow::anyhow!("saving the runtime policy: {e}"))??;
     state.runtime_policies.insert(name.clone(), policy.clone());
+    if !is_wasm {
+        state.docker.set_runtime_policy(&name, policy.clone());
+    }
     let affected: Vec<String> = state
         .serving
         .iter()

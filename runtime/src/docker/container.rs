@@ -86,24 +86,32 @@ fn host_config(spec: &FunctionSpec) -> HostConfig {
     }
 }
 
-/// Creates, attaches and starts a container for `spec` from `image`; in agent mode
-/// also loads the function and waits for the agent to say it is ready.
+/// Creates, attaches and starts a container for `spec` from `image`. In agent mode
+/// with a `handler`, also loads the function and waits for the agent to say it is
+/// ready; without one the agent waits for `init` (a runtime-level instance, see
+/// [`specialise`]).
 pub(crate) async fn start(
     docker: &Docker,
     spec: &FunctionSpec,
     runtime: &ContainerRuntime,
     image: &str,
-    handler: &str,
+    handler: Option<&str>,
     host_id: &str,
 ) -> Result<ContainerInstance> {
     let instance_id = uuid_like();
-    let name = format!("newt-{}-{}", spec.name, &instance_id[..12]);
+    // The tail of a v7 uuid is random; its head is the time, shared by concurrent starts.
+    let name = format!(
+        "newt-{}-{}",
+        spec.name,
+        &instance_id[instance_id.len() - 12..]
+    );
     let labels = HashMap::from([
         ("newt.managed".to_string(), "true".to_string()),
         ("newt.host".to_string(), host_id.to_string()),
         ("newt.function".to_string(), spec.name.clone()),
         ("newt.runtime".to_string(), runtime.name.clone()),
         ("newt.instance".to_string(), instance_id.clone()),
+        ("newt.stem".to_string(), handler.is_none().to_string()),
     ]);
     let agent = runtime.mode == RunMode::Agent;
     let cmd = if agent {
@@ -175,8 +183,8 @@ pub(crate) async fn start(
             )
             .await
             .map_err(|e| docker_error("starting a container", e))?;
-        if agent {
-            init_agent(docker, &mut instance, spec, runtime, handler).await?;
+        if agent && let Some(handler) = handler {
+            init_agent(docker, &mut instance, spec, handler, &runtime.path, None).await?;
         }
         Ok::<(), Error>(())
     }
@@ -195,19 +203,36 @@ fn frame_limit(spec: &FunctionSpec) -> usize {
     (6 * (spec.limits.max_output_bytes + 2 * spec.limits.max_log_bytes) + FRAME_OVERHEAD) as usize
 }
 
+/// Loads a function into a runtime-level instance: its code travels in `init`, is
+/// unpacked by the agent into `workdir` (on the writable /tmp) and imported. The
+/// container then belongs to that function.
+pub(crate) async fn specialise(
+    docker: &Docker,
+    instance: &mut ContainerInstance,
+    spec: &FunctionSpec,
+    handler: &str,
+    workdir: &str,
+    bundle: &str,
+) -> Result<()> {
+    instance.workdir = workdir.to_string();
+    init_agent(docker, instance, spec, handler, workdir, Some(bundle)).await
+}
+
 async fn init_agent(
     docker: &Docker,
     instance: &mut ContainerInstance,
     spec: &FunctionSpec,
-    runtime: &ContainerRuntime,
     handler: &str,
+    workdir: &str,
+    bundle: Option<&str>,
 ) -> Result<()> {
     let init = encode(&HostMessage::Init {
         function: &spec.name,
         handler,
-        workdir: &runtime.path,
+        workdir,
         env: HashMap::new(),
         max_log_bytes: spec.limits.max_log_bytes,
+        bundle,
     });
     let id = instance.id.clone();
     let io = instance.io.as_mut().expect("agent instances are attached");

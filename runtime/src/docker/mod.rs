@@ -159,7 +159,16 @@ pub struct ContainerPrepared {
     image: String,
     runtime: ContainerRuntime,
     handler: String,
+    /// The validated code repacked as base64 .tar.gz, for loading into a
+    /// runtime-level instance; `None` when the function needs its own image (it has
+    /// requirements to install, or the runtime is in command mode).
+    stem_bundle: Option<String>,
 }
+
+/// Where a runtime-level instance unpacks the code it is given: the writable /tmp.
+const STEM_WORKDIR: &str = "/tmp/fn";
+/// How often the runtime-level pools are looked at.
+const STEM_MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs functions of container runtimes.
 pub struct DockerExecutor {
@@ -168,6 +177,11 @@ pub struct DockerExecutor {
     runtimes: DashMap<String, ContainerRuntime>,
     work_dir: PathBuf,
     host_id: String,
+    /// Runtime-level instances (agents waiting for `init`), by runtime.
+    stems: std::sync::Mutex<HashMap<String, Vec<ContainerInstance>>>,
+    /// The policy of each runtime's runtime-level pool.
+    stem_policies: DashMap<String, crate::policy::Policy>,
+    stem_maintainer: std::sync::Once,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -195,7 +209,93 @@ impl DockerExecutor {
             runtimes: DashMap::new(),
             work_dir: config.work_dir,
             host_id: config.host_id,
+            stems: std::sync::Mutex::new(HashMap::new()),
+            stem_policies: DashMap::new(),
+            stem_maintainer: std::sync::Once::new(),
         }
+    }
+
+    /// Sets a runtime's policy. With `preload = runtime` its runtime-level pool keeps
+    /// `min_warm` generic containers (the agent started, no function loaded) that a
+    /// call of any function of the runtime can take; refilled in the background.
+    pub fn set_runtime_policy(self: &Arc<Self>, runtime: &str, policy: crate::policy::Policy) {
+        self.stem_policies.insert(runtime.to_string(), policy);
+        let weak = Arc::downgrade(self);
+        self.stem_maintainer.call_once(|| {
+            tokio::spawn(maintain_stems(weak));
+        });
+    }
+
+    /// How many runtime-level instances each runtime has ready.
+    pub fn stem_counts(&self) -> HashMap<String, usize> {
+        self.lock_stems()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    fn lock_stems(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ContainerInstance>>> {
+        self.stems.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass of the runtime-level pools: start what is missing, remove the excess.
+    async fn maintain_stems_once(&self) {
+        for entry in self
+            .stem_policies
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect::<Vec<_>>()
+        {
+            let (name, policy) = entry;
+            let Some(runtime) = self.runtime(&name) else {
+                continue;
+            };
+            let want = if policy.preload == crate::policy::Preload::Runtime
+                && runtime.mode == RunMode::Agent
+            {
+                policy.min_warm as usize
+            } else {
+                0
+            };
+            let extra: Vec<ContainerInstance> = {
+                let mut stems = self.lock_stems();
+                let list = stems.entry(name.clone()).or_default();
+                let keep = list.len().min(want);
+                list.drain(keep..).collect()
+            };
+            if let Ok(docker) = &self.client {
+                for stem in extra {
+                    container::remove(docker, &stem.id).await;
+                }
+            }
+            let have = self.lock_stems().get(&name).map_or(0, Vec::len);
+            if have >= want {
+                continue;
+            }
+            match self.start_stem(&runtime).await {
+                Ok(stem) => self
+                    .lock_stems()
+                    .entry(name.clone())
+                    .or_default()
+                    .push(stem),
+                Err(e) => {
+                    tracing::warn!(runtime = %name, "could not start a runtime-level instance: {e}");
+                }
+            }
+        }
+    }
+
+    async fn start_stem(&self, runtime: &ContainerRuntime) -> Result<ContainerInstance> {
+        let docker = self.docker().await?;
+        self.ensure_runtime_image(runtime).await?;
+        let spec = FunctionSpec {
+            name: format!("stem-{}", runtime.name),
+            version: 0,
+            runtime: runtime.name.clone(),
+            digest: String::new(),
+            limits: crate::limits::Limits::default(),
+        };
+        container::start(docker, &spec, runtime, &runtime.image, None, &self.host_id).await
     }
 
     /// Makes a runtime available (or replaces it).
@@ -337,6 +437,32 @@ fn unpack_for(
     Ok(unpacked)
 }
 
+/// Keeps the runtime-level pools filled until the executor is gone.
+async fn maintain_stems(executor: std::sync::Weak<DockerExecutor>) {
+    loop {
+        match executor.upgrade() {
+            Some(executor) => executor.maintain_stems_once().await,
+            None => return,
+        }
+        tokio::time::sleep(STEM_MAINTAIN_EVERY).await;
+    }
+}
+
+/// The validated tree as base64 of a .tar.gz, what a runtime-level instance loads.
+fn stem_bundle(code_dir: &Path) -> Result<String> {
+    use base64::Engine as _;
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(encoder);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", code_dir)
+        .map_err(|e| Error::io("packing", code_dir, e))?;
+    let gz = tar
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(|e| Error::io("packing", code_dir, e))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(gz))
+}
+
 /// The build context: a Dockerfile and the unpacked bundle under `code/`.
 fn build_context(
     runtime: &ContainerRuntime,
@@ -411,15 +537,6 @@ impl Executor for DockerExecutor {
             spec.name,
             &crate::cas::Digest::of(inputs.as_bytes()).as_str()[..16]
         );
-        let prepared = ContainerPrepared {
-            image: tag.clone(),
-            runtime: runtime.clone(),
-            handler: DEFAULT_HANDLER.into(),
-        };
-        if image::image_exists(docker, &tag).await? {
-            return Ok(prepared);
-        }
-
         let bytes = std::fs::read(bundle).map_err(|e| Error::io("reading", bundle, e))?;
         std::fs::create_dir_all(&self.work_dir)
             .map_err(|e| Error::io("creating", &self.work_dir, e))?;
@@ -427,25 +544,35 @@ impl Executor for DockerExecutor {
             .map_err(|e| Error::io("creating a build directory in", &self.work_dir, e))?;
         let code = scratch.path().join("code");
         std::fs::create_dir(&code).map_err(|e| Error::io("creating", &code, e))?;
-        let context = tokio::task::spawn_blocking(move || {
-            let unpacked = unpack(&bytes, &code, &BundleLimits::default())?;
-            if runtime.mode == RunMode::Agent
-                && !unpacked.files.iter().any(|f| f == Path::new("main.py"))
-            {
-                return Err(Error::InvalidBundle(
-                    "the bundle has no main.py at its root: the handler is main.py's `handler`"
-                        .into(),
-                ));
-            }
-            build_context(
-                &runtime,
+        let build_runtime = runtime.clone();
+        let (context, stem) = tokio::task::spawn_blocking(move || {
+            let unpacked = unpack_for(&build_runtime, &bytes, &code)?;
+            // Code with requirements needs its own image; the rest can also be loaded
+            // into a runtime-level instance.
+            let stem = if build_runtime.mode == RunMode::Agent && !unpacked.has_requirements {
+                Some(stem_bundle(&code)?)
+            } else {
+                None
+            };
+            let context = build_context(
+                &build_runtime,
                 &code,
                 unpacked.has_requirements,
                 unpacked.has_wheels,
-            )
+            )?;
+            Ok::<_, Error>((context, stem))
         })
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))??;
+        let prepared = ContainerPrepared {
+            image: tag.clone(),
+            runtime: runtime.clone(),
+            handler: DEFAULT_HANDLER.into(),
+            stem_bundle: stem,
+        };
+        if image::image_exists(docker, &tag).await? {
+            return Ok(prepared);
+        }
 
         let labels = HashMap::from([
             ("newt.managed".to_string(), "true".to_string()),
@@ -454,6 +581,37 @@ impl Executor for DockerExecutor {
         ]);
         image::build_function_image(docker, &tag, &labels, context).await?;
         Ok(prepared)
+    }
+
+    async fn take_prewarmed(
+        &self,
+        spec: &FunctionSpec,
+        prepared: &Arc<ContainerPrepared>,
+    ) -> Option<ContainerInstance> {
+        // Runtime-level instances are started with the default limits and no code.
+        let bundle = prepared.stem_bundle.as_ref()?;
+        if spec.limits != crate::limits::Limits::default() {
+            return None;
+        }
+        let mut stem = self.lock_stems().get_mut(&spec.runtime)?.pop()?;
+        let docker = self.client.as_ref().ok()?;
+        match container::specialise(
+            docker,
+            &mut stem,
+            spec,
+            &prepared.handler,
+            STEM_WORKDIR,
+            bundle,
+        )
+        .await
+        {
+            Ok(()) => Some(stem),
+            Err(e) => {
+                tracing::warn!(function = %spec.name, "a runtime-level instance could not load the function: {e}");
+                container::remove(docker, &stem.id).await;
+                None
+            }
+        }
     }
 
     async fn create(
@@ -467,7 +625,7 @@ impl Executor for DockerExecutor {
             spec,
             &prepared.runtime,
             &prepared.image,
-            &prepared.handler,
+            Some(&prepared.handler),
             &self.host_id,
         )
         .await

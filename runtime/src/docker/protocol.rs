@@ -21,6 +21,10 @@ pub(crate) enum HostMessage<'a> {
         workdir: &'a str,
         env: HashMap<String, String>,
         max_log_bytes: u64,
+        /// For a runtime-level instance: the function's code, base64 of a .tar.gz
+        /// repacked from the validated tree, unpacked by the agent into `workdir`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bundle: Option<&'a str>,
     },
     /// Run one call. `input` is the raw input; the agent parses it as JSON.
     Run {

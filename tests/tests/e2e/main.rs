@@ -7,6 +7,7 @@ mod cli;
 mod containers;
 mod limits;
 mod pools;
+mod pools_python;
 mod restart;
 mod seed;
 mod support;

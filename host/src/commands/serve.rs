@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Allocate wasm instances on demand instead of from the pooling allocator.
     #[arg(long)]
     pub no_pooling: bool,
+    /// On SIGTERM / Ctrl-C, how long calls in flight may take to finish (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
 }
 
 /// newt's home: `--home`, `NEWT_HOME`, or `~/.newt`.
@@ -172,10 +175,21 @@ async fn serve(
         println!("try: curl -X POST{auth} http://{addr}/v1/functions/{name}/invoke -d '{input}'");
     }
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    // Stop accepting at the signal; give calls in flight up to the grace period.
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    let grace = std::time::Duration::from_secs(args.shutdown_grace);
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        () = async {
+            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(secs = grace.as_secs(), "calls still running after the grace period: stopping anyway"),
+    }
+    state.invoker.drain_all().await;
     tracing::info!("shutting down: flushing call records, removing containers");
     store.close().await;
     remove_leftover_containers(&docker, "at shutdown").await;

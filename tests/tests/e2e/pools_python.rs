@@ -56,7 +56,7 @@ async fn python_min_warm_starts_containers_before_any_call() {
     }
     let server = Server::start();
     deploy_python(&server, "ready", bundle(), "&preload=function&min_warm=2").await;
-    eventually(60, "two warm containers", async || {
+    eventually(600, "two warm containers", async || {
         containers_of(&server).len() == 2
     })
     .await;
@@ -85,13 +85,16 @@ async fn python_runtime_level_containers_are_taken_and_refilled() {
             .find(|p| p["runtime"] == "python")
             .map_or(0, |p| p["idle"].as_u64().unwrap_or(0))
     };
-    eventually(60, "a runtime-level container", async || stems().await == 1).await;
+    eventually(600, "a runtime-level container", async || {
+        stems().await == 1
+    })
+    .await;
 
     deploy_python(&server, "fresh", bundle(), "").await;
     assert_eq!(start_of(&server, "fresh", "{}").await, "prewarmed");
     // The container now belongs to the function; the runtime level refills.
     assert_eq!(start_of(&server, "fresh", "{}").await, "warm");
-    eventually(60, "the runtime-level pool refilled", async || {
+    eventually(600, "the runtime-level pool refilled", async || {
         stems().await == 1
     })
     .await;
@@ -109,7 +112,7 @@ async fn python_idle_containers_go_after_keep_alive() {
         assert_eq!(response.status(), 200);
     }
     assert!(!containers_of(&server).is_empty());
-    eventually(10, "idle containers removed", async || {
+    eventually(60, "idle containers removed", async || {
         containers_of(&server).is_empty()
     })
     .await;
@@ -125,7 +128,7 @@ async fn sigterm_finishes_python_calls_then_removes_every_container() {
     }
     let mut server = Server::start();
     deploy_python(&server, "slow", bundle(), "&min_warm=1").await;
-    eventually(60, "a warm container", async || {
+    eventually(600, "a warm container", async || {
         containers_of(&server).len() == 1
     })
     .await;

@@ -168,6 +168,30 @@ fn deploy_options(query: &HashMap<String, String>) -> ApiResult<DeployOptions> {
     })
 }
 
+/// The limits and policy of a deploy may also come as JSON objects in the
+/// `x-newt-limits` and `x-newt-policy` headers (the body being the bundle); they
+/// join the query parameters, which win on conflict.
+fn merge_json_headers(headers: &HeaderMap, query: &mut HashMap<String, String>) -> ApiResult<()> {
+    for header in ["x-newt-limits", "x-newt-policy"] {
+        let Some(value) = headers.get(header) else {
+            continue;
+        };
+        let object: serde_json::Map<String, Value> = value
+            .to_str()
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("{header} must be a JSON object")))?;
+        for (key, value) in object {
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            query.entry(key).or_insert(text);
+        }
+    }
+    Ok(())
+}
+
 /// The bundle of a deploy request: the raw body, or the `module` field of a
 /// `multipart/form-data` body (the seed platform's form).
 pub async fn read_bundle(state: &SharedState, request: Request) -> ApiResult<Bytes> {
@@ -233,6 +257,7 @@ pub async fn deploy(
     let wait = query
         .remove("wait")
         .is_some_and(|v| v == "true" || v == "1" || v.is_empty());
+    merge_json_headers(request.headers(), &mut query)?;
     let options = deploy_options(&query)?;
     let bundle = read_bundle(&state, request).await?;
     let (status, version) = deploy_bundle(&state, &name, options, bundle, wait).await?;

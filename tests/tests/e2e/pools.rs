@@ -74,6 +74,35 @@ async fn function_min_warm_prestarts_instances_and_the_first_call_is_warm() {
 }
 
 #[tokio::test]
+async fn policy_and_limits_can_come_as_json_headers() {
+    let server = Server::start();
+    let response = http()
+        .put(server.url("/v1/functions/echo"))
+        .header(
+            "x-newt-policy",
+            r#"{"preload":"function","min_warm":1,"keep_alive":"5s"}"#,
+        )
+        .header("x-newt-limits", r#"{"timeout_ms":2500}"#)
+        .body(fixture!("echo").to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let (_, echo) = get_json(&server, "/v1/functions/echo").await;
+    assert_eq!(echo["policy"]["min_warm"], 1, "{echo}");
+    assert_eq!(echo["policy"]["keep_alive"], "5s", "{echo}");
+    assert_eq!(echo["limits"]["timeout_ms"], 2500, "{echo}");
+    let response = http()
+        .put(server.url("/v1/functions/bad"))
+        .header("x-newt-policy", "min_warm=1")
+        .body(fixture!("echo").to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
 async fn runtime_preload_makes_a_new_functions_first_call_prewarmed() {
     let server = Server::start();
     deploy(

@@ -337,7 +337,9 @@ impl AppState {
     pub async fn build_version(self: &Arc<Self>, version: FunctionVersion) -> FunctionVersion {
         let spec = spec_of(&version);
         let started = std::time::Instant::now();
-        let built = self.invoker.validate(&spec).await;
+        // Preparing installs the version's pool too, so its first call does not pay
+        // for the image checks and unpacking again.
+        let built = self.invoker.preload(&spec).await;
         let (status, message) = match &built {
             Ok(()) => (STATUS_READY, None),
             Err(e) => (STATUS_FAILED, Some(e.to_string())),

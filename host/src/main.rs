@@ -6,6 +6,7 @@
 //! (`new`, `build`).
 
 mod api;
+mod bench;
 mod client;
 mod commands;
 mod metrics;
@@ -46,6 +47,8 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Create a new function crate.
     New(commands::new::NewArgs),
+    /// Measure cold, prewarmed and warm calls beside `wasmtime run`, `docker run`, ….
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::New(args) => commands::new::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         client_command => run_client(client_command),
     };
     match result {
@@ -80,7 +84,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Delete(args) => commands::delete::run(args).await,
             Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Pools(args) => commands::pools::run(args).await,
-            Command::Serve(_) | Command::Build(_) | Command::New(_) => {
+            Command::Serve(_) | Command::Build(_) | Command::New(_) | Command::Bench(_) => {
                 unreachable!("handled before the client runtime starts")
             }
         }

@@ -1,0 +1,60 @@
+//! The built-in trivial functions every row runs: an echo in each backend, so newt,
+//! its start kinds and its peers all do the same (next to no) work and the figures
+//! measure the machinery around the function.
+
+use anyhow::Context;
+
+/// A WASI command that copies stdin to stdout (one read of up to 60 000 bytes) and
+/// logs "echo" to stderr: the test fixture, compiled into the binary.
+const ECHO_WAT: &str = include_str!("../../../tests/fixtures/echo.wat");
+
+/// The Python function: returns its event.
+pub const ECHO_PY: &str = "def handler(event):\n    return event\n";
+
+/// What the containers' peers run per call: the same echo, through stdin and stdout.
+pub const ECHO_PY_COMMAND: &str = "import json, sys; print(json.dumps(json.load(sys.stdin)))";
+
+/// Every call's input.
+pub const INPUT: &str = r#"{"bench":"newt","n":1}"#;
+
+/// The echo compiled to a wasm module.
+pub fn echo_wasm() -> anyhow::Result<Vec<u8>> {
+    wat::parse_str(ECHO_WAT).context("compiling the built-in echo WAT")
+}
+
+/// The Python echo as a `.tar.gz` bundle with `main.py`.
+pub fn echo_python_bundle() -> anyhow::Result<Vec<u8>> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(encoder);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(ECHO_PY.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "main.py", ECHO_PY.as_bytes())
+        .context("writing main.py into the bundle")?;
+    let gz = tar.into_inner().context("finishing the tar")?;
+    gz.finish().context("finishing the gzip stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wasm_echo_compiles() {
+        let wasm = echo_wasm().unwrap();
+        assert_eq!(&wasm[..4], b"\0asm");
+    }
+
+    #[test]
+    fn the_python_bundle_holds_main_py() {
+        let bundle = echo_python_bundle().unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle.as_slice()));
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            names.push(entry.path().unwrap().display().to_string());
+        }
+        assert_eq!(names, ["main.py"]);
+    }
+}

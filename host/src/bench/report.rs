@@ -1,0 +1,344 @@
+//! The report: one row per backend, start kind (or peer) and concurrency; its JSON
+//! schema (`--json FILE`) and its table.
+
+use super::stats::{self, format_ratio};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The start kinds newt reports in `x-newt-start`, as row kinds.
+pub const START_KINDS: [&str; 3] = ["cold", "prewarmed", "warm"];
+
+/// Peer kinds: the same work done without newt.
+pub mod peer {
+    /// In-process instantiate+run on newt's own engine, no HTTP: the floor.
+    pub const IN_PROCESS: &str = "in-process";
+    /// `wasmtime run` of the same module, a process per call.
+    pub const WASMTIME_RUN: &str = "wasmtime run";
+    /// `docker run --rm` per call.
+    pub const DOCKER_RUN: &str = "docker run";
+    /// `docker exec` into one running container per call.
+    pub const DOCKER_EXEC: &str = "docker exec";
+}
+
+/// The whole run, as `--json` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// When it ran (UTC).
+    pub date: String,
+    /// Every row, in the order measured.
+    pub rows: Vec<Row>,
+}
+
+/// The machine the figures come from: ratios only compare within one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Logical cores available to the process.
+    pub cores: usize,
+    /// CPU model (from /proc/cpuinfo), when known.
+    pub cpu: Option<String>,
+    /// `linux`, `macos`, …
+    pub os: String,
+    /// `x86_64`, `aarch64`, …
+    pub arch: String,
+    /// The newt that measured.
+    pub newt_version: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, model)| model.trim().to_string())
+            });
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            newt_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// One measured (or skipped) configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// `wasm` or `python`.
+    pub backend: String,
+    /// A start kind (`cold`, `prewarmed`, `warm`) or a peer (see [`peer`]).
+    pub kind: String,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Every call's client-side latency, ms, in completion order.
+    pub samples_ms: Vec<f64>,
+    /// Median latency, ms.
+    pub p50_ms: Option<f64>,
+    /// 90th percentile, ms.
+    pub p90_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// Calls per second over the row's wall-clock time.
+    pub calls_per_sec: Option<f64>,
+    /// Why the row was not measured (a peer not installed, no Docker engine, a failure).
+    pub skipped: Option<String>,
+    /// Peers: newt's p50 divided by this row's p50 (below 1, newt is faster).
+    pub ratio: Option<f64>,
+    /// `docker run`: newt's cold p50 divided by this row's (a container per call both).
+    #[serde(default)]
+    pub ratio_cold: Option<f64>,
+    /// newt rows: responses whose `x-newt-start` was not the row's kind.
+    #[serde(default)]
+    pub start_mismatches: Option<u64>,
+}
+
+impl Row {
+    /// A row from samples (ms) taken over `wall`.
+    pub fn measured(
+        backend: &str,
+        kind: &str,
+        concurrency: usize,
+        samples_ms: Vec<f64>,
+        wall: Duration,
+    ) -> Row {
+        let summary = stats::summarize(&samples_ms, wall);
+        Row {
+            backend: backend.into(),
+            kind: kind.into(),
+            concurrency,
+            p50_ms: summary.map(|s| s.p50_ms),
+            p90_ms: summary.map(|s| s.p90_ms),
+            p99_ms: summary.map(|s| s.p99_ms),
+            calls_per_sec: summary.map(|s| s.calls_per_sec),
+            samples_ms,
+            skipped: None,
+            ratio: None,
+            ratio_cold: None,
+            start_mismatches: None,
+        }
+    }
+
+    /// A row that was not measured, and why (for an absent peer: how to install it).
+    pub fn skipped(backend: &str, kind: &str, concurrency: usize, reason: &str) -> Row {
+        Row {
+            backend: backend.into(),
+            kind: kind.into(),
+            concurrency,
+            samples_ms: Vec::new(),
+            p50_ms: None,
+            p90_ms: None,
+            p99_ms: None,
+            calls_per_sec: None,
+            skipped: Some(reason.into()),
+            ratio: None,
+            ratio_cold: None,
+            start_mismatches: None,
+        }
+    }
+
+    /// Whether the row is a peer rather than newt.
+    pub fn is_peer(&self) -> bool {
+        !START_KINDS.contains(&self.kind.as_str())
+    }
+
+    /// The row's progress line for stderr.
+    pub fn progress_line(&self) -> String {
+        let what = format!("{} {} c={}", self.backend, self.kind, self.concurrency);
+        match (&self.skipped, self.p50_ms, self.calls_per_sec) {
+            (Some(reason), _, _) => format!("bench: {what}: skipped: {reason}"),
+            (None, Some(p50), Some(rate)) => format!(
+                "bench: {what}: {} calls, p50 {} ms, {rate:.0} calls/s{}",
+                self.samples_ms.len(),
+                ms(p50),
+                self.mismatch_note()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+            _ => format!("bench: {what}: no samples"),
+        }
+    }
+
+    fn mismatch_note(&self) -> Option<String> {
+        self.start_mismatches
+            .filter(|&n| n > 0)
+            .map(|n| format!("{n} of {} not {}", self.samples_ms.len(), self.kind))
+    }
+}
+
+/// Sets each peer row's ratio: newt's warm p50 over the peer's p50 (wasm peers against
+/// newt's wasm, container peers against newt's python), and for `docker run` also
+/// newt's cold p50 over it. newt's figure is taken at the lowest concurrency measured,
+/// as the peers run one call at a time.
+pub fn apply_ratios(rows: &mut [Row]) {
+    let newt_p50 = |rows: &[Row], backend: &str, kind: &str| {
+        rows.iter()
+            .filter(|r| r.backend == backend && r.kind == kind && r.skipped.is_none())
+            .min_by_key(|r| r.concurrency)
+            .and_then(|r| r.p50_ms)
+    };
+    let wasm_warm = newt_p50(rows, "wasm", "warm");
+    let python_warm = newt_p50(rows, "python", "warm");
+    let python_cold = newt_p50(rows, "python", "cold");
+    for row in rows.iter_mut().filter(|r| r.is_peer()) {
+        let warm = if row.backend == "wasm" {
+            wasm_warm
+        } else {
+            python_warm
+        };
+        row.ratio = stats::ratio(warm, row.p50_ms);
+        if row.kind == peer::DOCKER_RUN {
+            row.ratio_cold = stats::ratio(python_cold, row.p50_ms);
+        }
+    }
+}
+
+/// The table's header.
+pub const TABLE_HEADER: [&str; 9] = [
+    "BACKEND",
+    "KIND",
+    "CONC",
+    "P50 MS",
+    "P90 MS",
+    "P99 MS",
+    "CALLS/S",
+    "NEWT RATIO",
+    "NOTE",
+];
+
+/// The table's cells, a row per report row.
+pub fn table(rows: &[Row]) -> Vec<Vec<String>> {
+    let opt = |v: Option<f64>, f: fn(f64) -> String| v.map_or_else(|| "-".into(), f);
+    rows.iter()
+        .map(|r| {
+            let ratio = match (r.ratio, r.ratio_cold) {
+                (Some(warm), Some(cold)) => {
+                    format!("{} (cold {})", format_ratio(warm), format_ratio(cold))
+                }
+                (Some(warm), None) => format_ratio(warm),
+                (None, Some(cold)) => format!("cold {}", format_ratio(cold)),
+                (None, None) => "-".into(),
+            };
+            let note = match &r.skipped {
+                Some(reason) => format!("skipped: {reason}"),
+                None => r.mismatch_note().unwrap_or_default(),
+            };
+            vec![
+                r.backend.clone(),
+                r.kind.clone(),
+                r.concurrency.to_string(),
+                opt(r.p50_ms, ms),
+                opt(r.p90_ms, ms),
+                opt(r.p99_ms, ms),
+                opt(r.calls_per_sec, |c| format!("{c:.0}")),
+                ratio,
+                note,
+            ]
+        })
+        .collect()
+}
+
+/// Milliseconds with three significant-ish digits: `0.042`, `1.27`, `950`.
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn report() -> Report {
+        let mut rows = vec![
+            Row::measured(
+                "wasm",
+                "warm",
+                1,
+                vec![1.0, 2.0, 3.0],
+                Duration::from_millis(6),
+            ),
+            Row::measured("wasm", "warm", 4, vec![9.0], Duration::from_millis(9)),
+            Row::measured("wasm", peer::IN_PROCESS, 1, vec![0.5], Duration::ZERO),
+            Row::skipped(
+                "wasm",
+                peer::WASMTIME_RUN,
+                1,
+                "install with cargo install wasmtime-cli --version 48.0.8 --locked",
+            ),
+            Row::measured("python", "cold", 1, vec![400.0], Duration::from_millis(400)),
+            Row::measured("python", "warm", 1, vec![2.0], Duration::from_millis(2)),
+            Row::measured("python", peer::DOCKER_RUN, 1, vec![1000.0], Duration::ZERO),
+        ];
+        apply_ratios(&mut rows);
+        Report {
+            machine: Machine::detect(),
+            date: "2026-11-23 16:30:05 UTC".into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn a_skipped_row_has_its_reason_and_no_numbers() {
+        let row = Row::skipped("wasm", peer::WASMTIME_RUN, 1, "install it");
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["skipped"], "install it");
+        for field in ["p50_ms", "p90_ms", "p99_ms", "calls_per_sec", "ratio"] {
+            assert_eq!(json[field], Value::Null, "{field}");
+        }
+        assert_eq!(json["samples_ms"], serde_json::json!([]));
+        assert!(row.is_peer());
+        assert!(row.progress_line().contains("skipped: install it"));
+    }
+
+    #[test]
+    fn peer_ratios_compare_against_newt_at_the_lowest_concurrency() {
+        let report = report();
+        let find = |kind: &str| report.rows.iter().find(|r| r.kind == kind).unwrap();
+        // newt wasm warm p50 at c=1 is 2 ms; the floor's is 0.5 ms.
+        assert_eq!(find(peer::IN_PROCESS).ratio, Some(4.0));
+        assert_eq!(find(peer::WASMTIME_RUN).ratio, None);
+        let run = find(peer::DOCKER_RUN);
+        assert_eq!(run.ratio, Some(2.0 / 1000.0));
+        assert_eq!(run.ratio_cold, Some(0.4));
+        assert_eq!(find("warm").ratio, None);
+    }
+
+    #[test]
+    fn a_report_survives_a_json_round_trip() {
+        let report = report();
+        let text = serde_json::to_string_pretty(&report).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
+        assert_eq!(json["rows"][0]["p50_ms"], 2.0);
+        assert_eq!(
+            json["rows"][0]["samples_ms"],
+            serde_json::json!([1.0, 2.0, 3.0])
+        );
+    }
+
+    #[test]
+    fn the_table_shows_ratios_and_skip_reasons() {
+        let cells = table(&report().rows);
+        assert!(cells.iter().all(|r| r.len() == TABLE_HEADER.len()));
+        let wasmtime = cells.iter().find(|r| r[1] == peer::WASMTIME_RUN).unwrap();
+        assert_eq!(wasmtime[3], "-");
+        assert!(wasmtime[8].starts_with("skipped: install with cargo install"));
+        let floor = cells.iter().find(|r| r[1] == peer::IN_PROCESS).unwrap();
+        assert_eq!(floor[7], "4.0×");
+        let run = cells.iter().find(|r| r[1] == peer::DOCKER_RUN).unwrap();
+        assert_eq!(run[7], "0.002× (cold 0.40×)");
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`peers`]: the same work done the way a user would without newt: in-process
 //!   wasmtime (the floor), `wasmtime run`, `docker run`, `docker exec`.
 
+pub mod chart;
 pub mod fixtures;
 pub mod newt;
 pub mod peers;

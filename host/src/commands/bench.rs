@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Also write the report (machine, date, rows with raw samples) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also draw latency per start kind and backend (log scale) as SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
     /// Calls in flight at once, comma-separated [default: 1,16,64; --quick: 1,4].
     #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
     pub concurrency: Option<Vec<usize>>,
@@ -123,6 +126,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        let title = format!("newt bench, {}, {}", report.date, report.machine.cores);
+        let svg = crate::bench::chart::render(&report.rows, &format!("{title} cores"));
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())

@@ -25,10 +25,13 @@ fn assert_measured(row: &Value) {
 fn quick_self_hosted_bench_reports_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
+    let chart = dir.path().join("chart.svg");
     let docker = docker_available();
     let run = Command::new(newt_bin())
         .args(["bench", "--self-host", "--quick", "--json"])
         .arg(&out)
+        .arg("--chart")
+        .arg(&chart)
         .env_remove("NEWT_SERVER")
         .env_remove("NEWT_TOKEN")
         .output()
@@ -37,6 +40,11 @@ fn quick_self_hosted_bench_reports_every_row() {
     assert!(run.status.success(), "newt bench failed:\n{stderr}");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.starts_with("BACKEND"), "{stdout}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("wasm warm c=1"),
+        "{svg}"
+    );
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);

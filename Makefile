@@ -7,7 +7,7 @@ GUESTS := -p dice -p hello -p fs-probe
 WASM := $(TARGET_DIR)/wasm32-wasip1/release
 LISTEN ?= 127.0.0.1:7878
 
-.PHONY: run test lint bench guests
+.PHONY: run test lint bench bench-report guests
 
 # The Rust guests (examples and test guests), built for wasm32-wasip1.
 guests:
@@ -29,5 +29,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Criterion: in-process wasm calls per start kind, and HTTP throughput.
 bench: guests
-	$(CARGO) bench -p newt-runtime
+	$(CARGO) bench -p newt-runtime -p newt-host
+
+# The side-by-side table of BENCHMARKS.md: newt's start kinds against its peers.
+bench-report:
+	$(CARGO) build --release -p newt-host
+	$(TARGET_DIR)/release/newt bench --self-host --json bench.json --chart bench.svg

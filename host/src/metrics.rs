@@ -75,10 +75,12 @@ impl Metrics {
     /// The text exposition, with the pools' current state.
     pub fn render(&self, pools: &[PoolStats]) -> String {
         let mut out = String::new();
-        out.push_str(
-            "# HELP newt_calls_total Calls finished, by function, status and start kind.\n",
+        family(
+            &mut out,
+            "newt_calls_total",
+            "counter",
+            "Calls finished, by function, status and start kind.",
         );
-        out.push_str("# TYPE newt_calls_total counter\n");
         let mut calls: Vec<_> = self
             .calls
             .iter()
@@ -92,8 +94,12 @@ impl Metrics {
             );
         }
 
-        out.push_str("# HELP newt_call_duration_seconds Call duration (queue + init + exec), by start kind.\n");
-        out.push_str("# TYPE newt_call_duration_seconds histogram\n");
+        family(
+            &mut out,
+            "newt_call_duration_seconds",
+            "histogram",
+            "Call duration (queue + init + exec), by start kind.",
+        );
         for start in STARTS {
             let h = &self.durations[start_index(start)];
             let label = start.as_str();
@@ -120,8 +126,12 @@ impl Metrics {
             );
         }
 
-        out.push_str("# HELP newt_pool_instances Instances in each pool, by state.\n");
-        out.push_str("# TYPE newt_pool_instances gauge\n");
+        family(
+            &mut out,
+            "newt_pool_instances",
+            "gauge",
+            "Instances in each pool, by state.",
+        );
         for pool in pools {
             for (state, n) in [
                 ("idle", pool.idle),
@@ -135,8 +145,12 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP newt_pool_waiting Calls waiting for an instance.\n");
-        out.push_str("# TYPE newt_pool_waiting gauge\n");
+        family(
+            &mut out,
+            "newt_pool_waiting",
+            "gauge",
+            "Calls waiting for an instance.",
+        );
         for pool in pools {
             let _ = writeln!(
                 out,
@@ -144,8 +158,12 @@ impl Metrics {
                 pool.function, pool.waiting
             );
         }
-        out.push_str("# HELP newt_instances_created_total Instances created, by function.\n");
-        out.push_str("# TYPE newt_instances_created_total counter\n");
+        family(
+            &mut out,
+            "newt_instances_created_total",
+            "counter",
+            "Instances created, by function.",
+        );
         for pool in pools {
             let _ = writeln!(
                 out,
@@ -153,10 +171,12 @@ impl Metrics {
                 pool.function, pool.created
             );
         }
-        out.push_str(
-            "# HELP newt_instances_destroyed_total Instances destroyed, by function and reason.\n",
+        family(
+            &mut out,
+            "newt_instances_destroyed_total",
+            "counter",
+            "Instances destroyed, by function and reason.",
         );
-        out.push_str("# TYPE newt_instances_destroyed_total counter\n");
         for pool in pools {
             for (reason, n) in &pool.destroyed {
                 let _ = writeln!(
@@ -168,6 +188,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

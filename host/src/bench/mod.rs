@@ -17,5 +17,6 @@ pub mod fixtures;
 pub mod newt;
 pub mod peers;
 pub mod report;
+pub mod serve;
 pub mod stats;
 pub mod target;

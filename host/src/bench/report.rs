@@ -14,6 +14,8 @@ pub mod peer {
     pub const IN_PROCESS: &str = "in-process";
     /// `wasmtime run` of the same module, a process per call.
     pub const WASMTIME_RUN: &str = "wasmtime run";
+    /// `wasmtime serve` of an equivalent wasi:http component, over HTTP like newt.
+    pub const WASMTIME_SERVE: &str = "wasmtime serve";
     /// `docker run --rm` per call.
     pub const DOCKER_RUN: &str = "docker run";
     /// `docker exec` into one running container per call.
@@ -185,8 +187,19 @@ pub fn apply_ratios(rows: &mut [Row]) {
     let wasm_warm = newt_p50(rows, "wasm", "warm");
     let python_warm = newt_p50(rows, "python", "warm");
     let python_cold = newt_p50(rows, "python", "cold");
+    // `wasmtime serve` is loaded like newt, at each concurrency: compare like with like.
+    let wasm_warm_at: Vec<(usize, Option<f64>)> = rows
+        .iter()
+        .filter(|r| r.backend == "wasm" && r.kind == "warm" && r.skipped.is_none())
+        .map(|r| (r.concurrency, r.p50_ms))
+        .collect();
     for row in rows.iter_mut().filter(|r| r.is_peer()) {
-        let warm = if row.backend == "wasm" {
+        let warm = if row.kind == peer::WASMTIME_SERVE {
+            wasm_warm_at
+                .iter()
+                .find(|(c, _)| *c == row.concurrency)
+                .and_then(|(_, p50)| *p50)
+        } else if row.backend == "wasm" {
             wasm_warm
         } else {
             python_warm

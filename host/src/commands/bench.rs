@@ -4,9 +4,9 @@
 //! `crate::bench`; this file is the flags and the order of the rows.
 
 use crate::bench::newt::{self, Backend, Newt, Plan};
-use crate::bench::peers;
 use crate::bench::report::{self, Machine, Report, Row, peer};
 use crate::bench::target::SelfHosted;
+use crate::bench::{peers, serve};
 use crate::client::{Client, ClientOpts, DEFAULT_SERVER, print_table, timestamp};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
@@ -159,6 +159,9 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
             }),
     );
     record(peers::wasmtime_run(plan.few_calls).await);
+    for row in serve::wasmtime_serve_rows(&plan.concurrency, plan.fast_calls).await {
+        record(row);
+    }
 
     match docker {
         Ok(()) => newt::backend_rows(&newt, Backend::Python, plan, &mut record).await?,

@@ -86,6 +86,18 @@ fn quick_self_hosted_bench_reports_every_row() {
             .unwrap()
             > 0.0
     );
+    // The HTTP comparison: measured beside newt at each concurrency, or skipped with
+    // what to install (wasmtime, cargo, the wasm32-wasip2 target).
+    for c in QUICK_CONCURRENCY {
+        let serve = find(rows, "wasm", "wasmtime serve", c);
+        match serve["skipped"].as_str() {
+            Some(reason) => assert!(
+                reason.contains("install") || reason.contains("cargo"),
+                "{serve}"
+            ),
+            None => assert!(serve["ratio"].as_f64().unwrap() > 0.0, "{serve}"),
+        }
+    }
 
     let python: Vec<(&str, u64)> = [("cold", 1), ("cold", 4), ("prewarmed", 1)]
         .into_iter()

@@ -1,0 +1,190 @@
+//! HTTP throughput beside `wasmtime serve`: the same greeting as a wasi:http component
+//! (source in `host/bench-fixtures/http-hello`, compiled into this binary), served by
+//! the wasmtime CLI and loaded by the same client loop, at the same concurrencies as
+//! newt's rows.
+//!
+//! The component is built on first use with `cargo build --target wasm32-wasip2` into
+//! `~/.cache/newt/bench/http-hello`; without `wasmtime`, cargo or the target the rows
+//! are skipped with what to install.
+
+use super::fixtures;
+use super::peers::{WASMTIME_HINT, find_on_path};
+use super::report::{Row, peer};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const CARGO_TOML: &str = include_str!("../../bench-fixtures/http-hello/Cargo.toml");
+const LIB_RS: &str = include_str!("../../bench-fixtures/http-hello/src/lib.rs");
+/// How to get the target the component is built for.
+pub const WASIP2_HINT: &str = "install the target with rustup target add wasm32-wasip2";
+/// How long `wasmtime serve` gets to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rows of `wasmtime serve` at each concurrency (skipped rows when it cannot run).
+pub async fn wasmtime_serve_rows(concurrency: &[usize], calls: usize) -> Vec<Row> {
+    let skip_all = |reason: &str| {
+        concurrency
+            .iter()
+            .map(|&c| Row::skipped("wasm", peer::WASMTIME_SERVE, c, reason))
+            .collect()
+    };
+    let Some(wasmtime) = find_on_path("wasmtime") else {
+        return skip_all(WASMTIME_HINT);
+    };
+    let component = match build_component().await {
+        Ok(path) => path,
+        Err(e) => return skip_all(&format!("{e:#}")),
+    };
+    let server = match Serve::start(&wasmtime, &component).await {
+        Ok(server) => server,
+        Err(e) => return skip_all(&format!("failed: {e:#}")),
+    };
+    let mut rows = Vec::new();
+    for &c in concurrency {
+        let row = match http_load(&server.url, calls, c).await {
+            Ok((samples, wall)) => Row::measured("wasm", peer::WASMTIME_SERVE, c, samples, wall),
+            Err(e) => Row::skipped("wasm", peer::WASMTIME_SERVE, c, &format!("failed: {e:#}")),
+        };
+        rows.push(row);
+    }
+    rows
+}
+
+/// Where the component's crate is written and built.
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("newt/bench/http-hello"))
+}
+
+/// Builds the component (cargo skips it when nothing changed) and returns its path.
+async fn build_component() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("cargo"))
+        .context("cargo is not on the PATH: install Rust to build the wasi:http peer")?;
+    if !target_installed().await {
+        bail!("{WASIP2_HINT}");
+    }
+    let dir = cache_dir()?;
+    write_if_changed(&dir.join("Cargo.toml"), CARGO_TOML)?;
+    write_if_changed(&dir.join("src/lib.rs"), LIB_RS)?;
+    let output = tokio::process::Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dir.join("target"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .await
+        .context("running cargo")?;
+    if !output.status.success() {
+        bail!(
+            "building the wasi:http component with cargo failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(dir.join("target/wasm32-wasip2/release/http_hello.wasm"))
+}
+
+async fn target_installed() -> bool {
+    let Ok(out) = tokio::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .await
+    else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let lib = Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2/lib");
+    std::fs::read_dir(lib).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A running `wasmtime serve`, killed when dropped.
+struct Serve {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+impl Serve {
+    async fn start(wasmtime: &Path, component: &Path) -> anyhow::Result<Serve> {
+        // A free port: bind, note it, release it for wasmtime.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port")?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(wasmtime)
+            .args(["serve", "-S", "cli", "--addr", &addr])
+            .arg(component)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting wasmtime serve")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("wasmtime serve did not listen on {addr} within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Serve {
+            _child: child,
+            url: format!("http://{addr}/"),
+        })
+    }
+}
+
+/// `total` POSTs of the bench input to `url` with `concurrency` in flight: latencies
+/// (ms) and the wall-clock time.
+async fn http_load(
+    url: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<f64>, Duration)> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let url: Arc<str> = url.into();
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.clamp(1, total.max(1)) {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        workers.spawn(async move {
+            let mut samples = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let response = client.post(&*url).body(fixtures::INPUT).send().await?;
+                if !response.status().is_success() {
+                    bail!("{} answered {}", url, response.status());
+                }
+                response.bytes().await?;
+                samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(samples)
+        });
+    }
+    let mut samples = Vec::with_capacity(total);
+    while let Some(worker) = workers.join_next().await {
+        samples.extend(worker.context("a load worker panicked")??);
+    }
+    Ok((samples, start.elapsed()))
+}

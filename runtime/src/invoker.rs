@@ -189,6 +189,13 @@ impl Invoker {
         });
         let old = self.slots.insert(spec.name.clone(), fresh.clone());
         if let Some(old) = old {
+            tracing::info!(
+                function = %spec.name,
+                old = old.spec.version,
+                new = spec.version,
+                "replacing the pool of an older version"
+            );
+            tracing::debug!(old = ?old.spec, new = ?spec, "pool specs");
             drain_in_background(old);
         }
         fresh

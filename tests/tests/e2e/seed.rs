@@ -131,16 +131,42 @@ if event.get("fail"):
     sys.exit(3)
 print(json.dumps({"sum": sum(event["numbers"])}))
 "#;
-    let response = http()
-        .put(server.url("/v1/functions/adder?runtime=stdin-python&wait=true"))
-        .body(tar_gz(&[("test.py", test_py)]))
-        .send()
-        .await
-        .unwrap();
+    // The same preload policy applies: the warm thing is the running container.
+    let response =
+        http()
+            .put(server.url(
+                "/v1/functions/adder?runtime=stdin-python&wait=true&preload=function&min_warm=1",
+            ))
+            .body(tar_gz(&[("test.py", test_py)]))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    // Wait for the container to be ready in the pool, not merely created.
+    let before = loop {
+        let (_, function) = get_json(&server, "/v1/functions/adder").await;
+        if function["pool"]["idle"] == 1 {
+            break function;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container started ahead"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(containers_of(&server).len(), 1);
 
     let response = invoke(&server, "adder", r#"{"numbers":[1,2,3]}"#).await;
     assert_eq!(response.status(), 200);
+    let (_, after) = get_json(&server, "/v1/functions/adder").await;
+    assert_eq!(
+        crate::support::header(&response, "x-newt-start"),
+        "warm",
+        "before {}\nafter {after}\n{}",
+        before["pool"],
+        server.log()
+    );
     assert_eq!(response.json::<Value>().await.unwrap()["sum"], 6);
     let (status, _, message) = error_of(invoke(&server, "adder", r#"{"fail":true}"#).await).await;
     assert_eq!(status, 502);

@@ -145,9 +145,15 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
         .await
         .context("asking the server's /healthz")?;
     let mut rows = Vec::new();
+    let total = planned_rows(plan);
     let mut record = |row: Row| {
-        eprintln!("{}", row.progress_line());
         rows.push(row);
+        let row = rows.last().expect("just pushed");
+        eprintln!(
+            "{} {}",
+            progress_bar(rows.len(), total),
+            row.progress_line()
+        );
     };
 
     newt::backend_rows(&newt, Backend::Wasm, plan, &mut record).await?;
@@ -189,10 +195,41 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
     })
 }
 
+/// How many rows a run makes: newt's rows per backend, then the peers (in-process,
+/// wasmtime run, wasmtime serve at each concurrency, docker run, docker exec).
+fn planned_rows(plan: &Plan) -> usize {
+    newt::expected_rows(Backend::Wasm, plan).len()
+        + newt::expected_rows(Backend::Python, plan).len()
+        + 4
+        + plan.concurrency.len()
+}
+
+/// `[ 5/23] [####------]`: where the run is, for the progress lines on stderr.
+fn progress_bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let total = total.max(done).max(1);
+    let filled = WIDTH * done / total;
+    format!(
+        "[{done:>2}/{total}] [{}{}]",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn the_progress_bar_fills_with_the_rows() {
+        assert_eq!(progress_bar(0, 10), "[ 0/10] [--------------------]");
+        assert_eq!(progress_bar(5, 10), "[ 5/10] [##########----------]");
+        assert_eq!(progress_bar(12, 10), "[12/12] [####################]");
+        let quick = plan(&["--quick"]).unwrap();
+        // wasm: 3 kinds x 2; python: cold x 2, prewarmed x 1, warm x 2; peers: 4 + 2.
+        assert_eq!(planned_rows(&quick), 6 + 5 + 6);
+    }
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -1,0 +1,82 @@
+//! The container round trip without HTTP: a warm call of a Python echo through the
+//! agent's frame protocol on attached stdio, on the real Docker engine. Skips (with a
+//! line saying so) when no engine answers.
+
+use bytes::Bytes;
+use criterion::Criterion;
+use newt_runtime::{
+    CallRequest, CallResult, Cas, ContainerRuntime, DockerConfig, DockerExecutor, FunctionSpec,
+    Invoker, Limits,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn echo_bundle() -> Vec<u8> {
+    let source = b"def handler(event):\n    return event\n";
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(source.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "main.py", &source[..])
+        .expect("tar entry");
+    tar.into_inner().and_then(|gz| gz.finish()).expect("tar.gz")
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let home = tempfile::tempdir().expect("temp home");
+    let docker = Arc::new(DockerExecutor::new(DockerConfig {
+        address: std::env::var("DOCKER_HOST").ok(),
+        work_dir: home.path().join("docker"),
+        host_id: format!("bench-{}", std::process::id()),
+    }));
+    let health = rt.block_on(docker.health());
+    if !health.reachable {
+        eprintln!(
+            "container bench skipped: no Docker engine at {}",
+            health.address
+        );
+        return;
+    }
+    docker.register_runtime(ContainerRuntime::builtin_python());
+    let cas = Cas::open(home.path().join("cas")).expect("content store");
+    let digest = cas.put(&echo_bundle()).expect("bundle");
+    let invoker = Invoker::new(cas).with_shared_executor(docker.clone());
+    let spec = FunctionSpec {
+        name: "bench-echo".into(),
+        version: 1,
+        runtime: "python".into(),
+        digest: digest.to_string(),
+        limits: Limits::default(),
+    };
+    let call = || async {
+        let outcome = invoker
+            .invoke(
+                &spec,
+                CallRequest {
+                    call_id: "bench".into(),
+                    input: Bytes::from_static(b"{\"n\":1}"),
+                },
+            )
+            .await
+            .expect("call");
+        assert_eq!(outcome.result, CallResult::Done);
+    };
+    // The first call builds the image if needed and starts the container.
+    rt.block_on(call());
+
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    criterion.bench_function("container/warm_round_trip", |b| {
+        b.iter(|| rt.block_on(call()))
+    });
+    criterion.final_summary();
+    rt.block_on(async {
+        invoker.drain_all().await;
+        let _ = docker.remove_leftovers().await;
+    });
+}

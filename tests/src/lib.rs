@@ -182,8 +182,48 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server the way a user would (SIGTERM: it removes its containers), or
+    /// kills it if it does not stop; then removes any container it left (after a
+    /// `kill9`, say), so test runs leave nothing behind on the engine.
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        remove_containers_of(&self.home);
+    }
+}
+
+/// Force-removes the containers a server on `home` started, if Docker is there.
+fn remove_containers_of(home: &Path) {
+    if !home.exists() {
+        return;
+    }
+    let label = format!("label=newt.host={}", host_label(home));
+    let Ok(listed) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -287,7 +287,7 @@ impl DockerExecutor {
 
     async fn start_stem(&self, runtime: &ContainerRuntime) -> Result<ContainerInstance> {
         let docker = self.docker().await?;
-        self.ensure_runtime_image(runtime).await?;
+        self.ensure_image_on(docker, runtime).await?;
         let spec = FunctionSpec {
             name: format!("stem-{}", runtime.name),
             version: 0,
@@ -383,6 +383,11 @@ impl DockerExecutor {
     /// image if needed.
     pub async fn ensure_runtime_image(&self, runtime: &ContainerRuntime) -> Result<()> {
         let docker = self.docker().await?;
+        self.ensure_image_on(docker, runtime).await
+    }
+
+    /// [`Self::ensure_runtime_image`] on an engine already known to answer.
+    async fn ensure_image_on(&self, docker: &Docker, runtime: &ContainerRuntime) -> Result<()> {
         if runtime.image == ContainerRuntime::builtin_python().image {
             return image::ensure_python_base(docker, &runtime.image, &self.work_dir).await;
         }
@@ -518,7 +523,7 @@ impl Executor for DockerExecutor {
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<ContainerPrepared> {
         let runtime = self.runtime_for(spec)?;
         let docker = self.docker().await?;
-        self.ensure_runtime_image(&runtime).await?;
+        self.ensure_image_on(docker, &runtime).await?;
         // The tag names everything the image is made from: the bundle, the runtime's
         // definition and the exact base image. Same inputs, same image: skip the build.
         let base_id = image::image_id(docker, &runtime.image).await?;

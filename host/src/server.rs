@@ -58,7 +58,7 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 /// What a function version keeps in the store's opaque `config` column.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionConfig {
     /// Per-call limits.
     #[serde(default)]

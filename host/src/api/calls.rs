@@ -16,7 +16,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// Bytes as JSON: the value itself if they are JSON, a string if UTF-8, else a
 /// lossy string (binary output is rare for functions and still readable this way).
-fn bytes_json(bytes: &[u8]) -> Value {
+pub(crate) fn bytes_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }

@@ -322,17 +322,16 @@ pub async fn deploy_bundle(
     state
         .runtime_policy(runtime)
         .patched(&Value::Object(policy.clone()))?;
-    let config = serde_json::to_value(FunctionConfig {
+    let wanted = FunctionConfig {
         limits: limits.clone(),
-        policy: policy.clone(),
-    })
-    .map_err(anyhow::Error::from)?;
+        policy,
+    };
+    let config = serde_json::to_value(&wanted).map_err(anyhow::Error::from)?;
     if let Some(existing) = previous
         && existing.digest == digest.as_str()
         && existing.runtime == runtime
         && existing.status != STATUS_FAILED
-        && config_of(&existing).limits == limits
-        && config_of(&existing).policy == policy
+        && config_of(&existing) == wanted
     {
         return Ok((StatusCode::OK, existing));
     }

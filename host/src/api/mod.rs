@@ -4,7 +4,7 @@
 //! decided only in [`error::ApiError`].
 
 mod auth;
-mod calls;
+pub(crate) mod calls;
 pub mod error;
 mod functions;
 mod runtimes;

@@ -9,6 +9,7 @@ use newt_runtime::{CallResult, Limits};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::calls::bytes_json;
 use super::error::{ApiError, ApiResult};
 use super::functions::{DeployOptions, deploy_bundle, read_bundle, serving, validate_name};
 use crate::server::{SharedState, spec_of};
@@ -74,7 +75,7 @@ pub async fn invoke_function(
     let params = body.params.clone();
     let outcome = state.run_call(record, &spec_of(&function)).await?;
     let (status, result) = match outcome.result {
-        CallResult::Done => ("done", output_value(&outcome.output)),
+        CallResult::Done => ("done", bytes_json(&outcome.output)),
         CallResult::Failed(message) => ("failed", Value::String(message)),
         CallResult::Timeout(message) => ("timeout", Value::String(message)),
     };
@@ -88,21 +89,16 @@ pub async fn invoke_function(
     })))
 }
 
-fn output_value(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-}
-
 fn seed_call(call: &CallRecord) -> Value {
     let result = match (&call.output, &call.error) {
         (_, Some(error)) => Value::String(error.clone()),
-        (Some(output), None) => output_value(output),
+        (Some(output), None) => bytes_json(output),
         (None, None) => Value::Null,
     };
     json!({
         "callNum": call.num,
         "funcName": call.function,
-        "params": output_value(&call.input),
+        "params": bytes_json(&call.input),
         "status": call.status,
         "result": result,
     })

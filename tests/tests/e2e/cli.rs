@@ -89,8 +89,11 @@ async fn python_function_and_runtimes_from_the_cli() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("dice.tgz");
-    let main_py = include_bytes!("../../../examples/dice-python/main.py");
-    std::fs::write(&bundle, newt_tests::tar_gz(&[("main.py", main_py)])).unwrap();
+    std::fs::write(
+        &bundle,
+        newt_tests::tar_gz(&[("main.py", crate::containers::DICE)]),
+    )
+    .unwrap();
     let args = [
         "deploy",
         "dice-py",

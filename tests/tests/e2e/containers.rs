@@ -5,7 +5,8 @@ use crate::support::{error_of, get_json, header, http, invoke};
 use newt_tests::{Server, containers_of, docker_available, tar_gz};
 use serde_json::Value;
 
-const DICE: &[u8] = include_bytes!("../../../examples/dice-python/main.py");
+/// The python dice example, what most container tests deploy.
+pub const DICE: &[u8] = include_bytes!("../../../examples/dice-python/main.py");
 
 /// Deploys a Python bundle and waits for its image (`wait=true`).
 pub async fn deploy_python(server: &Server, name: &str, bundle: Vec<u8>, query: &str) -> Value {

@@ -1,13 +1,11 @@
 //! The seed platform's API, its curl examples run verbatim; command-mode runtimes;
 //! hostile archives; restarts and a missing engine, for container functions.
 
-use crate::containers::deploy_python;
+use crate::containers::{DICE, deploy_python};
 use crate::support::{deploy, error_of, get_json, http, invoke};
 use newt_tests::{Server, containers_of, docker_available, fixture, tar_gz};
 use serde_json::Value;
 use std::process::Command;
-
-const DICE: &[u8] = include_bytes!("../../../examples/dice-python/main.py");
 
 /// Runs a shell line with `$BASE` set to the server, returning stdout.
 fn sh(server: &Server, dir: &std::path::Path, line: &str) -> String {

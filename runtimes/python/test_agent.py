@@ -32,7 +32,7 @@ REPLY_TIMEOUT = 20
 class Agent:
     """One running agent with the function source `main_py` in its workdir."""
 
-    def __init__(self, main_py, files=None):
+    def __init__(self, main_py, files=None, env=None):
         self.dir = tempfile.mkdtemp(prefix="newt-agent-test-")
         os.chmod(self.dir, 0o755)
         for name, text in {"main.py": main_py, **(files or {})}.items():
@@ -43,14 +43,16 @@ class Agent:
             self.workdir = "/app"
             self.scratch = "/tmp/function"  # on the container's tmpfs
             command = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only",
-                       "--tmpfs", "/tmp", "-v", f"{self.dir}:/app:ro", IMAGE,
-                       "python3", "/opt/newt/agent.py"]
+                       "--tmpfs", "/tmp", "-v", f"{self.dir}:/app:ro"]
+            for name, value in (env or {}).items():
+                command += ["-e", f"{name}={value}"]
+            command += [IMAGE, "python3", "/opt/newt/agent.py"]
         else:
             self.workdir = self.dir
             self.scratch = os.path.join(self.dir, "function")
             command = [sys.executable, AGENT]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.process.stdout, selectors.EVENT_READ)
 
@@ -112,8 +114,8 @@ class Agent:
 
 
 class AgentTest(unittest.TestCase):
-    def start(self, main_py, files=None):
-        agent = Agent(main_py, files)
+    def start(self, main_py, files=None, env=None):
+        agent = Agent(main_py, files, env)
         self.addCleanup(agent.close)
         return agent
 
@@ -318,6 +320,17 @@ class AgentTest(unittest.TestCase):
                 reply = agent.init(workdir=agent.scratch, bundle=base64.b64encode(data.getvalue()).decode())
                 self.assertEqual(reply["type"], "error")
                 self.assertIn("bundle entry", reply["error"])
+
+    def test_runtime_level_instance_imports_unpacking_before_init(self):
+        # What a stem needs for `init` is loaded while it waits, not during the claim.
+        main_py = ("import sys\n"
+                   "def handler(event):\n"
+                   "    return 'tarfile' in sys.modules\n")
+        for env, expected in (({"NEWT_STEM": "1"}, True), ({}, False)):
+            with self.subTest(env=env):
+                agent = self.start(main_py, env=env)
+                self.assertEqual(agent.init()["type"], "ready")
+                self.assertEqual(json.loads(agent.run("")["output"]), expected)
 
     def test_ping_pong(self):
         agent = self.start("def handler(event):\n    return 1\n")

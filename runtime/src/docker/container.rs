@@ -120,12 +120,18 @@ pub(crate) async fn start(
         // Command mode: the container only stays up; `run` is exec'd per call.
         vec!["sleep".into(), "infinity".into()]
     };
+    let mut env = vec![format!("NEWT_FUNCTION={}", spec.name)];
+    if agent && handler.is_none() {
+        // A runtime-level instance: the agent readies itself to unpack the code that
+        // `init` will bring.
+        env.push("NEWT_STEM=1".into());
+    }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd),
         user: Some(FUNCTION_UID.into()),
         working_dir: Some(runtime.path.clone()),
-        env: Some(vec![format!("NEWT_FUNCTION={}", spec.name)]),
+        env: Some(env),
         attach_stdin: Some(agent),
         attach_stdout: Some(agent),
         attach_stderr: Some(agent),

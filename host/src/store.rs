@@ -11,6 +11,7 @@
 //! and waits for its batch to commit. Reads use separate connections, which WAL lets
 //! run beside the writer, and flush the queue first so a caller sees its own writes.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -853,7 +854,8 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
         let outcome = if records.is_empty() {
             Ok(Vec::new())
         } else {
-            write_batch(&mut conn, records.iter().map(|(record, _)| &**record))
+            let batch: Vec<&CallRecord> = records.iter().map(|(record, _)| &**record).collect();
+            write_batch(&mut conn, &batch)
         };
         match outcome {
             Ok(failures) => {
@@ -889,17 +891,28 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
 }
 
 /// Upserts `records` in one transaction. A record that fails on its own (e.g. a
-/// duplicate `num`) is skipped and reported in the returned list, one entry per record;
-/// SQLite undoes only that statement, so the rest of the batch still commits.
-fn write_batch<'a>(
+/// duplicate `num`) is skipped and reported in the returned list, one entry per record.
+///
+/// Each record is a whole row, so only the last record of a call in the batch is
+/// written: a call that starts and finishes within one batch (most sync calls) costs
+/// one row write instead of two. Records it superseded share its result.
+fn write_batch(
     conn: &mut Connection,
-    records: impl Iterator<Item = &'a CallRecord>,
+    records: &[&CallRecord],
 ) -> rusqlite::Result<Vec<Option<String>>> {
+    let last: HashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| (record.id.as_str(), i))
+        .collect();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut failures = Vec::new();
+    let mut failures = vec![None; records.len()];
     {
         let mut upsert = tx.prepare_cached(UPSERT_CALL)?;
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
+            if last[record.id.as_str()] != i {
+                continue;
+            }
             let result = upsert.execute(params![
                 record.id,
                 record.num,
@@ -919,17 +932,17 @@ fn write_batch<'a>(
                 record.started_at,
                 record.finished_at,
             ]);
-            failures.push(match result {
-                Ok(_) => None,
-                Err(err) => {
-                    tracing::error!(call = %record.id, num = record.num, error = %err,
-                        "writing call record failed; record skipped");
-                    Some(err.to_string())
-                }
-            });
+            if let Err(err) = result {
+                tracing::error!(call = %record.id, num = record.num, error = %err,
+                    "writing call record failed; record skipped");
+                failures[i] = Some(err.to_string());
+            }
         }
     }
     tx.commit()?;
+    for (i, record) in records.iter().enumerate() {
+        failures[i] = failures[last[record.id.as_str()]].clone();
+    }
     Ok(failures)
 }
 
@@ -1139,7 +1152,7 @@ mod tests {
         let after = call(2, "hello", CallStatus::Done, false);
         // Drive one batch directly, so all three are surely in the same transaction.
         let mut conn = open_connection(&path).unwrap();
-        let failures = write_batch(&mut conn, [&first, &clash, &after].into_iter()).unwrap();
+        let failures = write_batch(&mut conn, &[&first, &clash, &after]).unwrap();
         assert!(
             failures[0].is_none() && failures[2].is_none(),
             "{failures:?}"
@@ -1156,6 +1169,33 @@ mod tests {
         let err = store.record_call_durable(clash.clone()).await.unwrap_err();
         assert!(err.to_string().contains(&clash.id), "{err}");
         store.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_the_last_record_of_each_call() {
+        let (_dir, path, store) = open_temp();
+        let mut running = call(1, "hello", CallStatus::Running, false);
+        running.output = None;
+        let mut done = running.clone();
+        done.status = CallStatus::Done;
+        done.output = Some(b"42".to_vec());
+        let other = call(2, "hello", CallStatus::Running, false);
+        let mut conn = open_connection(&path).unwrap();
+        let failures = write_batch(&mut conn, &[&running, &other, &done]).unwrap();
+        assert_eq!(failures, vec![None, None, None]);
+        assert_eq!(store.get_call(&done.id).await.unwrap(), Some(done.clone()));
+        assert_eq!(store.get_call(&other.id).await.unwrap(), Some(other));
+
+        // A superseded record shares the failure of the record that replaced it.
+        let mut clash = done.clone();
+        clash.num = 2; // taken by `other`
+        let failures = write_batch(&mut conn, &[&done, &clash]).unwrap();
+        assert!(
+            failures
+                .iter()
+                .all(|f| f.as_deref().is_some_and(|e| e.contains("UNIQUE")))
+        );
+        assert_eq!(store.get_call(&done.id).await.unwrap(), Some(done));
     }
 
     #[tokio::test]

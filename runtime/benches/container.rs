@@ -12,16 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn echo_bundle() -> Vec<u8> {
-    let source = b"def handler(event):\n    return event\n";
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(source.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "main.py", &source[..])
-        .expect("tar entry");
-    tar.into_inner().and_then(|gz| gz.finish()).expect("tar.gz")
+    newt_runtime::pack(&[("main.py", b"def handler(event):\n    return event\n")])
+        .expect("packing the echo bundle")
 }
 
 fn main() {

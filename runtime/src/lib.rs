@@ -28,7 +28,7 @@ mod policy;
 mod pool;
 mod wasm;
 
-pub use bundle::{ArchiveKind, BundleLimits, Unpacked, unpack};
+pub use bundle::{ArchiveKind, BundleLimits, Unpacked, pack, unpack};
 pub use cas::{Cas, Digest};
 pub use docker::{
     ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor,

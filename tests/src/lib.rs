@@ -284,15 +284,5 @@ pub fn host_label(home: &Path) -> String {
 
 /// A .tar.gz holding `files` (path, contents), as a user's `tar czf` would make.
 pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(encoder);
-    for (path, body) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, path, *body)
-            .expect("tar entry");
-    }
-    tar.into_inner().and_then(|gz| gz.finish()).expect("tar.gz")
+    newt_runtime::pack(files).expect("packing a .tar.gz in memory")
 }

@@ -24,16 +24,7 @@ pub fn echo_wasm() -> anyhow::Result<Vec<u8>> {
 
 /// The Python echo as a `.tar.gz` bundle with `main.py`.
 pub fn echo_python_bundle() -> anyhow::Result<Vec<u8>> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(encoder);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(ECHO_PY.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "main.py", ECHO_PY.as_bytes())
-        .context("writing main.py into the bundle")?;
-    let gz = tar.into_inner().context("finishing the tar")?;
-    gz.finish().context("finishing the gzip stream")
+    newt_runtime::pack(&[("main.py", ECHO_PY.as_bytes())]).context("packing the Python echo")
 }
 
 #[cfg(test)]
@@ -49,12 +40,9 @@ mod tests {
     #[test]
     fn the_python_bundle_holds_main_py() {
         let bundle = echo_python_bundle().unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle.as_slice()));
-        let mut names = Vec::new();
-        for entry in archive.entries().unwrap() {
-            let entry = entry.unwrap();
-            names.push(entry.path().unwrap().display().to_string());
-        }
-        assert_eq!(names, ["main.py"]);
+        let dest = tempfile::tempdir().unwrap();
+        newt_runtime::unpack(&bundle, dest.path(), &Default::default()).unwrap();
+        let main = std::fs::read_to_string(dest.path().join("main.py")).unwrap();
+        assert_eq!(main, ECHO_PY);
     }
 }

@@ -8,12 +8,14 @@
 //!   every backend and every peer runs, so each row does the same work.
 //! - [`target`]: the server measured: one given by `--server`, or one started on a
 //!   temporary home (`--self-host`).
+//! - [`load`]: the closed-loop load generator every HTTP row goes through.
 //! - [`newt`]: calls to newt over HTTP per start kind and concurrency.
 //! - [`peers`]: the same work done the way a user would without newt: in-process
 //!   wasmtime (the floor), `wasmtime run`, `docker run`, `docker exec`.
 
 pub mod chart;
 pub mod fixtures;
+pub mod load;
 pub mod newt;
 pub mod peers;
 pub mod report;

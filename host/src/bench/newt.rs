@@ -4,13 +4,13 @@
 //! row is meant to measure; mismatches are counted, not hidden.
 
 use super::fixtures;
-use super::report::Row;
+use super::load::{Load, Sample, closed_loop};
+use super::report::{Row, peer};
 use crate::client::Client;
 use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often pools are looked at while waiting for instances.
@@ -78,17 +78,6 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Newt {
     client: Arc<Client>,
-}
-
-/// What a burst of calls gave.
-#[derive(Debug, Default)]
-pub struct Load {
-    /// Each call's latency, ms.
-    pub samples_ms: Vec<f64>,
-    /// Wall-clock time of the whole burst.
-    pub wall: Duration,
-    /// Calls whose `x-newt-start` was not the expected kind.
-    pub mismatches: u64,
 }
 
 impl Newt {
@@ -216,6 +205,43 @@ impl Newt {
         Ok((start.elapsed().as_secs_f64() * 1000.0, kind))
     }
 
+    /// The HTTP floor at each concurrency: `total` invokes of a function that does not
+    /// exist, each expected to answer 404, through the same loop as the calls.
+    pub async fn http_floor_rows(&self, concurrency: &[usize], total: usize) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for &c in concurrency {
+            let client = self.client.clone();
+            let load = closed_loop(total, c, move || {
+                let client = client.clone();
+                async move {
+                    let start = Instant::now();
+                    let request = client
+                        .request(Method::POST, "/v1/functions/bench-no-such-function/invoke")
+                        .body(fixtures::INPUT);
+                    // Not `client.send`: that turns the 404 this row expects into an error.
+                    let response = request.send().await.context("sending")?;
+                    let status = response.status();
+                    response.bytes().await.context("reading the answer")?;
+                    Ok(Sample {
+                        ms: start.elapsed().as_secs_f64() * 1000.0,
+                        expected: status == reqwest::StatusCode::NOT_FOUND,
+                    })
+                }
+            })
+            .await;
+            rows.push(match load {
+                Ok(load) => {
+                    let mut row =
+                        Row::measured("wasm", peer::HTTP_FLOOR, c, load.samples_ms, load.wall);
+                    row.start_mismatches = Some(load.mismatches);
+                    row
+                }
+                Err(e) => Row::skipped("wasm", peer::HTTP_FLOOR, c, &format!("failed: {e:#}")),
+            });
+        }
+        rows
+    }
+
     /// `total` calls of `name` with `concurrency` in flight, each expected to start
     /// as `expect`.
     pub async fn load(
@@ -225,38 +251,20 @@ impl Newt {
         total: usize,
         concurrency: usize,
     ) -> anyhow::Result<Load> {
-        let path = Arc::new(format!("/v1/functions/{name}/invoke"));
-        let next = Arc::new(AtomicUsize::new(0));
+        let path: Arc<str> = format!("/v1/functions/{name}/invoke").into();
         let expect: Arc<str> = expect.into();
-        let start = Instant::now();
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.clamp(1, total.max(1)) {
-            let (client, path, next, expect) = (
-                self.client.clone(),
-                path.clone(),
-                next.clone(),
-                expect.clone(),
-            );
-            workers.spawn(async move {
-                let mut load = Load::default();
-                while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let (ms, kind) = Newt::call(&client, &path).await?;
-                    load.samples_ms.push(ms);
-                    if kind != *expect {
-                        load.mismatches += 1;
-                    }
-                }
-                anyhow::Ok(load)
-            });
-        }
-        let mut load = Load::default();
-        while let Some(worker) = workers.join_next().await {
-            let part = worker.context("a call worker panicked")??;
-            load.samples_ms.extend(part.samples_ms);
-            load.mismatches += part.mismatches;
-        }
-        load.wall = start.elapsed();
-        Ok(load)
+        let client = self.client.clone();
+        closed_loop(total, concurrency, move || {
+            let (client, path, expect) = (client.clone(), path.clone(), expect.clone());
+            async move {
+                let (ms, kind) = Newt::call(&client, &path).await?;
+                Ok(Sample {
+                    ms,
+                    expected: kind == *expect,
+                })
+            }
+        })
+        .await
     }
 }
 

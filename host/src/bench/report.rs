@@ -12,6 +12,9 @@ pub const START_KINDS: [&str; 3] = ["cold", "prewarmed", "warm"];
 pub mod peer {
     /// In-process instantiate+run on newt's own engine, no HTTP: the floor.
     pub const IN_PROCESS: &str = "in-process";
+    /// newt's HTTP round trip with no call in it: the same POST to a function that does
+    /// not exist (routing, the body read, a 404 answer), loaded like newt's rows.
+    pub const HTTP_FLOOR: &str = "http floor";
     /// `wasmtime run` of the same module, a process per call.
     pub const WASMTIME_RUN: &str = "wasmtime run";
     /// `wasmtime serve` of an equivalent wasi:http component, over HTTP like newt.
@@ -187,14 +190,15 @@ pub fn apply_ratios(rows: &mut [Row]) {
     let wasm_warm = newt_p50(rows, "wasm", "warm");
     let python_warm = newt_p50(rows, "python", "warm");
     let python_cold = newt_p50(rows, "python", "cold");
-    // `wasmtime serve` is loaded like newt, at each concurrency: compare like with like.
+    // `wasmtime serve` and the HTTP floor are loaded like newt, at each concurrency:
+    // compare like with like.
     let wasm_warm_at: Vec<(usize, Option<f64>)> = rows
         .iter()
         .filter(|r| r.backend == "wasm" && r.kind == "warm" && r.skipped.is_none())
         .map(|r| (r.concurrency, r.p50_ms))
         .collect();
     for row in rows.iter_mut().filter(|r| r.is_peer()) {
-        let warm = if row.kind == peer::WASMTIME_SERVE {
+        let warm = if row.kind == peer::WASMTIME_SERVE || row.kind == peer::HTTP_FLOOR {
             wasm_warm_at
                 .iter()
                 .find(|(c, _)| *c == row.concurrency)
@@ -283,6 +287,8 @@ mod tests {
             ),
             Row::measured("wasm", "warm", 4, vec![9.0], Duration::from_millis(9)),
             Row::measured("wasm", peer::IN_PROCESS, 1, vec![0.5], Duration::ZERO),
+            Row::measured("wasm", peer::HTTP_FLOOR, 1, vec![1.0], Duration::ZERO),
+            Row::measured("wasm", peer::HTTP_FLOOR, 4, vec![3.0], Duration::ZERO),
             Row::skipped(
                 "wasm",
                 peer::WASMTIME_RUN,
@@ -321,6 +327,14 @@ mod tests {
         // newt wasm warm p50 at c=1 is 2 ms; the floor's is 0.5 ms.
         assert_eq!(find(peer::IN_PROCESS).ratio, Some(4.0));
         assert_eq!(find(peer::WASMTIME_RUN).ratio, None);
+        // The HTTP floor is loaded like newt: each concurrency against its own.
+        let floor_at = |c: usize| {
+            let row = report.rows.iter();
+            row.filter(|r| r.kind == peer::HTTP_FLOOR && r.concurrency == c)
+                .find_map(|r| r.ratio)
+        };
+        assert_eq!(floor_at(1), Some(2.0));
+        assert_eq!(floor_at(4), Some(3.0));
         let run = find(peer::DOCKER_RUN);
         assert_eq!(run.ratio, Some(2.0 / 1000.0));
         assert_eq!(run.ratio_cold, Some(0.4));

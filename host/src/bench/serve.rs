@@ -8,12 +8,12 @@
 //! are skipped with what to install.
 
 use super::fixtures;
+use super::load::{Load, Sample, closed_loop};
 use super::peers::{WASMTIME_HINT, find_on_path};
 use super::report::{Row, peer};
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const CARGO_TOML: &str = include_str!("../../bench-fixtures/http-hello/Cargo.toml");
@@ -45,7 +45,7 @@ pub async fn wasmtime_serve_rows(concurrency: &[usize], calls: usize) -> Vec<Row
     let mut rows = Vec::new();
     for &c in concurrency {
         let row = match http_load(&server.url, calls, c).await {
-            Ok((samples, wall)) => Row::measured("wasm", peer::WASMTIME_SERVE, c, samples, wall),
+            Ok(load) => Row::measured("wasm", peer::WASMTIME_SERVE, c, load.samples_ms, load.wall),
             Err(e) => Row::skipped("wasm", peer::WASMTIME_SERVE, c, &format!("failed: {e:#}")),
         };
         rows.push(row);
@@ -154,37 +154,25 @@ impl Serve {
     }
 }
 
-/// `total` POSTs of the bench input to `url` with `concurrency` in flight: latencies
-/// (ms) and the wall-clock time.
-async fn http_load(
-    url: &str,
-    total: usize,
-    concurrency: usize,
-) -> anyhow::Result<(Vec<f64>, Duration)> {
+/// `total` POSTs of the bench input to `url` with `concurrency` in flight, through
+/// the loop newt's rows use.
+async fn http_load(url: &str, total: usize, concurrency: usize) -> anyhow::Result<Load> {
     let client = reqwest::Client::new();
-    let next = Arc::new(AtomicUsize::new(0));
     let url: Arc<str> = url.into();
-    let start = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.clamp(1, total.max(1)) {
-        let (client, url, next) = (client.clone(), url.clone(), next.clone());
-        workers.spawn(async move {
-            let mut samples = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let response = client.post(&*url).body(fixtures::INPUT).send().await?;
-                if !response.status().is_success() {
-                    bail!("{} answered {}", url, response.status());
-                }
-                response.bytes().await?;
-                samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    closed_loop(total, concurrency, move || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let start = Instant::now();
+            let response = client.post(&*url).body(fixtures::INPUT).send().await?;
+            if !response.status().is_success() {
+                bail!("{} answered {}", url, response.status());
             }
-            anyhow::Ok(samples)
-        });
-    }
-    let mut samples = Vec::with_capacity(total);
-    while let Some(worker) = workers.join_next().await {
-        samples.extend(worker.context("a load worker panicked")??);
-    }
-    Ok((samples, start.elapsed()))
+            response.bytes().await?;
+            Ok(Sample {
+                ms: start.elapsed().as_secs_f64() * 1000.0,
+                expected: true,
+            })
+        }
+    })
+    .await
 }

@@ -164,6 +164,12 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
                 Row::skipped("wasm", peer::IN_PROCESS, 1, &format!("failed: {e:#}"))
             }),
     );
+    for row in newt
+        .http_floor_rows(&plan.concurrency, plan.fast_calls)
+        .await
+    {
+        record(row);
+    }
     record(peers::wasmtime_run(plan.few_calls).await);
     for row in serve::wasmtime_serve_rows(&plan.concurrency, plan.fast_calls).await {
         record(row);
@@ -196,12 +202,13 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
 }
 
 /// How many rows a run makes: newt's rows per backend, then the peers (in-process,
-/// wasmtime run, wasmtime serve at each concurrency, docker run, docker exec).
+/// the HTTP floor and wasmtime serve at each concurrency, wasmtime run, docker run,
+/// docker exec).
 fn planned_rows(plan: &Plan) -> usize {
     newt::expected_rows(Backend::Wasm, plan).len()
         + newt::expected_rows(Backend::Python, plan).len()
         + 4
-        + plan.concurrency.len()
+        + 2 * plan.concurrency.len()
 }
 
 /// `[ 5/23] [####------]`: where the run is, for the progress lines on stderr.
@@ -227,8 +234,8 @@ mod tests {
         assert_eq!(progress_bar(5, 10), "[ 5/10] [##########----------]");
         assert_eq!(progress_bar(12, 10), "[12/12] [####################]");
         let quick = plan(&["--quick"]).unwrap();
-        // wasm: 3 kinds x 2; python: cold x 2, prewarmed x 1, warm x 2; peers: 4 + 2.
-        assert_eq!(planned_rows(&quick), 6 + 5 + 6);
+        // wasm: 3 kinds x 2; python: cold x 2, prewarmed x 1, warm x 2; peers: 4 + 2 x 2.
+        assert_eq!(planned_rows(&quick), 6 + 5 + 8);
     }
 
     #[derive(Debug, Parser)]

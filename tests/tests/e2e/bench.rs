@@ -68,6 +68,12 @@ fn quick_self_hosted_bench_reports_every_row() {
         }
     }
     assert_measured(find(rows, "wasm", "in-process", 1));
+    for c in QUICK_CONCURRENCY {
+        let floor = find(rows, "wasm", "http floor", c);
+        assert_measured(floor);
+        // Every floor call really was the 404 it stands for.
+        assert_eq!(floor["start_mismatches"], 0, "{floor}");
+    }
     let wasmtime = find(rows, "wasm", "wasmtime run", 1);
     if wasmtime["skipped"].is_string() {
         assert!(

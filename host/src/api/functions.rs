@@ -60,10 +60,11 @@ fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiRe
 /// The version calls of `name` run: the newest ready one. A function whose only
 /// versions are building or failed answers 409 with what to do.
 pub fn serving(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
-    let newest = current(state, name)?;
+    validate_name(name)?;
     if let Some(ready) = state.serving.get(name) {
         return Ok(ready.clone());
     }
+    let newest = current(state, name)?;
     Err(match newest.status.as_str() {
         STATUS_PENDING => ApiError::Conflict(format!(
             "function `{name}` is still being built: retry when GET /v1/functions/{name} \

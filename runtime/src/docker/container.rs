@@ -189,8 +189,16 @@ pub(crate) async fn start(
             )
             .await
             .map_err(|e| docker_error("starting a container", e))?;
-        if agent && let Some(handler) = handler {
-            init_agent(docker, &mut instance, spec, handler, &runtime.path, None).await?;
+        if agent {
+            match handler {
+                Some(handler) => {
+                    init_agent(docker, &mut instance, spec, handler, &runtime.path, None).await?
+                }
+                // A runtime-level instance joins its pool only once its agent is up
+                // (interpreter started, unpacking modules imported): a call that
+                // claims it must not wait for the boot.
+                None => await_agent(docker, &mut instance, spec).await?,
+            }
         }
         Ok::<(), Error>(())
     }
@@ -222,6 +230,33 @@ pub(crate) async fn specialise(
 ) -> Result<()> {
     instance.workdir = workdir.to_string();
     init_agent(docker, instance, spec, handler, workdir, Some(bundle)).await
+}
+
+/// Pings the agent and waits for its `pong`.
+async fn await_agent(
+    docker: &Docker,
+    instance: &mut ContainerInstance,
+    spec: &FunctionSpec,
+) -> Result<()> {
+    let id = instance.id.clone();
+    let io = instance.io.as_mut().expect("agent instances are attached");
+    io.input
+        .write_all(&encode(&HostMessage::Ping))
+        .await
+        .map_err(|e| Error::InstanceStart(format!("sending ping to the agent: {e}")))?;
+    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
+        Err(_) => Err(Error::InstanceStart(format!(
+            "the agent did not start within {} s",
+            INIT_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(AgentMessage::Pong)) => Ok(()),
+        Ok(Ok(other)) => Err(Error::InstanceStart(format!(
+            "the agent answered ping with {other:?}"
+        ))),
+        Ok(Err(ended)) => Err(Error::InstanceStart(
+            ended.describe(docker, &id, spec).await,
+        )),
+    }
 }
 
 async fn init_agent(

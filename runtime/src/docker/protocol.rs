@@ -14,6 +14,8 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub(crate) enum HostMessage<'a> {
+    /// Are you up? The agent answers `pong` once it reads frames.
+    Ping,
     /// Load the function: chdir to `workdir`, import `handler` (`module:function`).
     Init {
         function: &'a str,
@@ -203,5 +205,6 @@ mod tests {
         assert_eq!(len, f.len() - 4);
         assert_eq!(v["type"], "run");
         assert_eq!(v["id"], "c1");
+        assert_eq!(&encode(&HostMessage::Ping)[4..], br#"{"type":"ping"}"#);
     }
 }

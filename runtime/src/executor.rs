@@ -167,6 +167,14 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Gets rid of an instance and everything it holds.
     async fn destroy(&self, instance: Self::Instance);
+
+    /// Whether `destroy` is quick enough to run before a call answers (wasm: freeing
+    /// a slot). When it is not (removing a container), the pool answers first and
+    /// destroys in the background, still counting the instance against
+    /// `max_instances` until it is gone.
+    fn destroying_is_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// Milliseconds since the Unix epoch (deadlines handed to guests).

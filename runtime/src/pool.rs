@@ -72,12 +72,14 @@ struct State<I> {
     idle: VecDeque<(I, Instant)>,
     busy: usize,
     starting: usize,
+    /// Instances being destroyed in the background after their call answered.
+    destroying: usize,
     waiting: usize,
 }
 
 impl<I> State<I> {
     fn total(&self) -> usize {
-        self.idle.len() + self.busy + self.starting
+        self.idle.len() + self.busy + self.starting + self.destroying
     }
 }
 
@@ -92,6 +94,8 @@ struct Counters {
 
 /// The instances of one function version.
 pub(crate) struct FunctionPool<E: Executor> {
+    /// This pool, for the background tasks it starts.
+    me: Weak<Self>,
     executor: Arc<E>,
     spec: FunctionSpec,
     prepared: Arc<E::Prepared>,
@@ -114,7 +118,8 @@ impl<E: Executor> FunctionPool<E> {
         prepared: E::Prepared,
         policy: Policy,
     ) -> Arc<Self> {
-        let pool = Arc::new(FunctionPool {
+        let pool = Arc::new_cyclic(|me| FunctionPool {
+            me: me.clone(),
             executor,
             spec,
             prepared: Arc::new(prepared),
@@ -123,6 +128,7 @@ impl<E: Executor> FunctionPool<E> {
                 idle: VecDeque::new(),
                 busy: 0,
                 starting: 0,
+                destroying: 0,
                 waiting: 0,
             }),
             freed: tokio::sync::Notify::new(),
@@ -347,6 +353,7 @@ impl<E: Executor> Deployment for FunctionPool<E> {
         let reusable = matches!(&invoked, Ok(Invocation { reusable: true, .. }));
         let keep =
             reusable && policy.preload != Preload::None && !self.drained.load(Ordering::Acquire);
+        let background = !self.executor.destroying_is_cheap();
         let leftover = {
             let mut st = self.lock();
             st.busy -= 1;
@@ -354,6 +361,9 @@ impl<E: Executor> Deployment for FunctionPool<E> {
                 st.idle.push_back((instance, Instant::now()));
                 None
             } else {
+                if background {
+                    st.destroying += 1;
+                }
                 Some(instance)
             }
         };
@@ -364,7 +374,22 @@ impl<E: Executor> Deployment for FunctionPool<E> {
                 (Ok(_), _) => "spent",
                 (Err(_), _) => "failed",
             };
-            self.destroy(instance, reason).await;
+            match self.me.upgrade().filter(|_| background) {
+                // The caller has its answer; removing a container takes ~75 ms.
+                Some(pool) => {
+                    tokio::spawn(async move {
+                        pool.destroy(instance, reason).await;
+                        pool.lock().destroying -= 1;
+                        pool.freed.notify_one();
+                    });
+                }
+                None => {
+                    self.destroy(instance, reason).await;
+                    if background {
+                        self.lock().destroying -= 1;
+                    }
+                }
+            }
         }
         self.freed.notify_one();
 
@@ -429,5 +454,106 @@ impl<E: Executor> Deployment for FunctionPool<E> {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
         // Waiting calls may now fit under a raised cap.
         self.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::CallResult;
+    use std::path::Path;
+
+    /// Instances that take `removal` to destroy, like containers.
+    struct SlowToRemove {
+        removal: Duration,
+        alive: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Executor for SlowToRemove {
+        type Prepared = ();
+        type Instance = ();
+
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn can_handle(&self, _runtime: &str) -> bool {
+            true
+        }
+        async fn prepare(&self, _spec: &FunctionSpec, _bundle: &Path) -> Result<()> {
+            Ok(())
+        }
+        async fn create(&self, _spec: &FunctionSpec, _prepared: &Arc<()>) -> Result<()> {
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn invoke(
+            &self,
+            _spec: &FunctionSpec,
+            _instance: &mut (),
+            call: &CallRequest,
+        ) -> Result<Invocation> {
+            Ok(Invocation {
+                result: CallResult::Done,
+                output: call.input.clone(),
+                logs: Default::default(),
+                reusable: true,
+            })
+        }
+        async fn destroy(&self, _instance: ()) {
+            tokio::time::sleep(self.removal).await;
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn pool(removal: Duration, max_instances: u32) -> Arc<FunctionPool<SlowToRemove>> {
+        let executor = Arc::new(SlowToRemove {
+            removal,
+            alive: AtomicU64::new(0),
+        });
+        let spec = FunctionSpec {
+            name: "f".into(),
+            version: 1,
+            runtime: "slow".into(),
+            digest: String::new(),
+            limits: Default::default(),
+        };
+        let policy = Policy {
+            preload: Preload::None,
+            max_instances,
+            ..Policy::default()
+        };
+        FunctionPool::start(executor, spec, (), policy)
+    }
+
+    fn request() -> CallRequest {
+        CallRequest {
+            call_id: "c".into(),
+            input: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_removal_happens_after_the_answer_and_still_holds_its_slot() {
+        let pool = pool(Duration::from_millis(300), 1);
+        let first = pool.call(request()).await.unwrap();
+        assert_eq!(first.start, StartKind::Cold);
+        // Answered while the instance is still being removed...
+        assert_eq!(pool.executor.alive.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.lock().destroying, 1);
+
+        // ...and it still counts against max_instances = 1: the next call waits for
+        // the removal instead of running a second instance beside it.
+        let waited = Instant::now();
+        pool.call(request()).await.unwrap();
+        assert!(
+            waited.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            waited.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(pool.executor.alive.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.lock().destroying, 0);
+        assert_eq!(pool.stats().destroyed.get("policy_none"), Some(&2));
     }
 }

@@ -396,6 +396,10 @@ impl Executor for WasmExecutor {
     async fn destroy(&self, instance: WasmInstance) {
         drop(instance);
     }
+
+    fn destroying_is_cheap(&self) -> bool {
+        true
+    }
 }
 
 /// Turns a guest's error exit or trap into the message its caller sees.

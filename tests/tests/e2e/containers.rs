@@ -1,7 +1,7 @@
 //! Python functions in containers, on the real Docker engine: deploy, reuse, logs and
 //! tracebacks, and hostile functions held by the container's limits.
 
-use crate::support::{error_of, get_json, header, http, invoke};
+use crate::support::{error_of, eventually, get_json, header, http, invoke};
 use newt_tests::{Server, containers_of, docker_available, tar_gz};
 use serde_json::Value;
 
@@ -141,8 +141,11 @@ def handler(event):
     let (status, _, message) = error_of(invoke(&server, "hog", "{}").await).await;
     assert_eq!(status, 502);
     assert!(message.contains("out of memory"), "{message}");
-    // The killed container is not reused.
-    assert!(containers_of(&server).is_empty());
+    // The killed container is not reused: it is removed once the call has answered.
+    eventually(30, "the killed container's removal", async || {
+        containers_of(&server).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -226,11 +229,10 @@ def handler(event):
 
     let (status, code, _) = error_of(invoke(&server, "sleepy", r#"{"sleep":30}"#).await).await;
     assert_eq!((status, code.as_str()), (504, "timeout"));
-    let after = containers_of(&server);
-    assert!(
-        after.iter().all(|c| !before.contains(c)),
-        "the timed-out container is still there"
-    );
+    eventually(30, "the timed-out container's removal", async || {
+        containers_of(&server).iter().all(|c| !before.contains(c))
+    })
+    .await;
 
     let next = invoke(&server, "sleepy", "{}").await;
     assert_eq!(next.status(), 200);

@@ -3,6 +3,7 @@
 use newt_tests::Server;
 use reqwest::Response;
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
@@ -80,5 +81,17 @@ pub async fn wait_for_call(server: &Server, id: &str, secs: u64) -> Value {
             server.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it holds, failing after `secs`.
+pub async fn eventually(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

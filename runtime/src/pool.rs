@@ -374,21 +374,16 @@ impl<E: Executor> Deployment for FunctionPool<E> {
                 (Ok(_), _) => "spent",
                 (Err(_), _) => "failed",
             };
-            match self.me.upgrade().filter(|_| background) {
+            if background {
                 // The caller has its answer; removing a container takes ~75 ms.
-                Some(pool) => {
-                    tokio::spawn(async move {
-                        pool.destroy(instance, reason).await;
-                        pool.lock().destroying -= 1;
-                        pool.freed.notify_one();
-                    });
-                }
-                None => {
-                    self.destroy(instance, reason).await;
-                    if background {
-                        self.lock().destroying -= 1;
-                    }
-                }
+                let pool = self.me.upgrade().expect("a pool serves calls from its Arc");
+                tokio::spawn(async move {
+                    pool.destroy(instance, reason).await;
+                    pool.lock().destroying -= 1;
+                    pool.freed.notify_one();
+                });
+            } else {
+                self.destroy(instance, reason).await;
             }
         }
         self.freed.notify_one();

@@ -62,6 +62,15 @@ where
     Ok(load)
 }
 
+/// Sends `request` and reads the whole answer: its latency (ms) and status.
+pub async fn timed(request: reqwest::RequestBuilder) -> anyhow::Result<(f64, reqwest::StatusCode)> {
+    let start = Instant::now();
+    let response = request.send().await.context("sending")?;
+    let status = response.status();
+    response.bytes().await.context("reading the answer")?;
+    Ok((start.elapsed().as_secs_f64() * 1000.0, status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! row is meant to measure; mismatches are counted, not hidden.
 
 use super::fixtures;
-use super::load::{Load, Sample, closed_loop};
+use super::load::{Load, Sample, closed_loop, timed};
 use super::report::{Row, peer};
 use crate::client::Client;
 use anyhow::{Context, bail};
@@ -214,16 +214,13 @@ impl Newt {
             let load = closed_loop(total, c, move || {
                 let client = client.clone();
                 async move {
-                    let start = Instant::now();
                     let request = client
                         .request(Method::POST, "/v1/functions/bench-no-such-function/invoke")
                         .body(fixtures::INPUT);
                     // Not `client.send`: that turns the 404 this row expects into an error.
-                    let response = request.send().await.context("sending")?;
-                    let status = response.status();
-                    response.bytes().await.context("reading the answer")?;
+                    let (ms, status) = timed(request).await?;
                     Ok(Sample {
-                        ms: start.elapsed().as_secs_f64() * 1000.0,
+                        ms,
                         expected: status == reqwest::StatusCode::NOT_FOUND,
                     })
                 }

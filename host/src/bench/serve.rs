@@ -8,7 +8,7 @@
 //! are skipped with what to install.
 
 use super::fixtures;
-use super::load::{Load, Sample, closed_loop};
+use super::load::{Load, Sample, closed_loop, timed};
 use super::peers::{WASMTIME_HINT, find_on_path};
 use super::report::{Row, peer};
 use anyhow::{Context, bail};
@@ -162,16 +162,11 @@ async fn http_load(url: &str, total: usize, concurrency: usize) -> anyhow::Resul
     closed_loop(total, concurrency, move || {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let start = Instant::now();
-            let response = client.post(&*url).body(fixtures::INPUT).send().await?;
-            if !response.status().is_success() {
-                bail!("{} answered {}", url, response.status());
+            let (ms, status) = timed(client.post(&*url).body(fixtures::INPUT)).await?;
+            if !status.is_success() {
+                bail!("{} answered {}", url, status);
             }
-            response.bytes().await?;
-            Ok(Sample {
-                ms: start.elapsed().as_secs_f64() * 1000.0,
-                expected: true,
-            })
+            Ok(Sample { ms, expected: true })
         }
     })
     .await

@@ -238,24 +238,11 @@ async fn await_agent(
     instance: &mut ContainerInstance,
     spec: &FunctionSpec,
 ) -> Result<()> {
-    let id = instance.id.clone();
-    let io = instance.io.as_mut().expect("agent instances are attached");
-    io.input
-        .write_all(&encode(&HostMessage::Ping))
-        .await
-        .map_err(|e| Error::InstanceStart(format!("sending ping to the agent: {e}")))?;
-    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
-        Err(_) => Err(Error::InstanceStart(format!(
-            "the agent did not start within {} s",
-            INIT_TIMEOUT.as_secs()
-        ))),
-        Ok(Ok(AgentMessage::Pong)) => Ok(()),
-        Ok(Ok(other)) => Err(Error::InstanceStart(format!(
+    match exchange(docker, instance, spec, &HostMessage::Ping, "start").await? {
+        AgentMessage::Pong => Ok(()),
+        other => Err(Error::InstanceStart(format!(
             "the agent answered ping with {other:?}"
         ))),
-        Ok(Err(ended)) => Err(Error::InstanceStart(
-            ended.describe(docker, &id, spec).await,
-        )),
     }
 }
 
@@ -267,27 +254,17 @@ async fn init_agent(
     workdir: &str,
     bundle: Option<&str>,
 ) -> Result<()> {
-    let init = encode(&HostMessage::Init {
+    let init = HostMessage::Init {
         function: &spec.name,
         handler,
         workdir,
         env: HashMap::new(),
         max_log_bytes: spec.limits.max_log_bytes,
         bundle,
-    });
-    let id = instance.id.clone();
-    let io = instance.io.as_mut().expect("agent instances are attached");
-    io.input
-        .write_all(&init)
-        .await
-        .map_err(|e| Error::InstanceStart(format!("sending init to the agent: {e}")))?;
-    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
-        Err(_) => Err(Error::InstanceStart(format!(
-            "the agent did not load the function within {} s",
-            INIT_TIMEOUT.as_secs()
-        ))),
-        Ok(Ok(AgentMessage::Ready { .. })) => Ok(()),
-        Ok(Ok(AgentMessage::Error { error, logs })) => Err(Error::InstanceStart(format!(
+    };
+    match exchange(docker, instance, spec, &init, "load the function").await? {
+        AgentMessage::Ready { .. } => Ok(()),
+        AgentMessage::Error { error, logs } => Err(Error::InstanceStart(format!(
             "the function failed to load: {}{}",
             error.trim_end(),
             if logs.is_empty() {
@@ -296,9 +273,33 @@ async fn init_agent(
                 format!("\n{logs}")
             }
         ))),
-        Ok(Ok(other)) => Err(Error::InstanceStart(format!(
+        other => Err(Error::InstanceStart(format!(
             "the agent answered init with {other:?}"
         ))),
+    }
+}
+
+/// Sends one setup message to the agent and returns its answer, within
+/// `INIT_TIMEOUT`; `doing` completes "the agent did not ... within N s".
+async fn exchange(
+    docker: &Docker,
+    instance: &mut ContainerInstance,
+    spec: &FunctionSpec,
+    message: &HostMessage<'_>,
+    doing: &str,
+) -> Result<AgentMessage> {
+    let id = instance.id.clone();
+    let io = instance.io.as_mut().expect("agent instances are attached");
+    let frame = encode(message);
+    io.input.write_all(&frame).await.map_err(|e| {
+        Error::InstanceStart(format!("sending {} to the agent: {e}", message.kind()))
+    })?;
+    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
+        Err(_) => Err(Error::InstanceStart(format!(
+            "the agent did not {doing} within {} s",
+            INIT_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(ended)) => Err(Error::InstanceStart(
             ended.describe(docker, &id, spec).await,
         )),

@@ -66,6 +66,17 @@ pub(crate) enum AgentMessage {
     Pong,
 }
 
+impl HostMessage<'_> {
+    /// The message's `type`, for errors.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            HostMessage::Ping => "ping",
+            HostMessage::Init { .. } => "init",
+            HostMessage::Run { .. } => "run",
+        }
+    }
+}
+
 /// Encodes a message as one frame.
 pub(crate) fn encode(message: &HostMessage<'_>) -> Vec<u8> {
     let json = serde_json::to_vec(message).expect("host messages always serialize");

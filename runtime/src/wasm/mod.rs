@@ -185,31 +185,33 @@ fn engine_config(allocation: Allocation) -> Config {
     config
 }
 
+/// The engine with the best allocation this host supports: pooling with
+/// `PAGEMAP_SCAN`, pooling without it, or on demand (also when pooling is off).
+fn build_engine(pooling: bool) -> Result<Engine> {
+    let pooled: &[Allocation] = if pooling {
+        &[Allocation::PoolingScanned, Allocation::Pooling]
+    } else {
+        &[]
+    };
+    for &allocation in pooled {
+        match Engine::new(&engine_config(allocation)) {
+            Ok(engine) => return Ok(engine),
+            Err(e) if allocation == Allocation::PoolingScanned => {
+                tracing::info!("PAGEMAP_SCAN unavailable ({e:#}); resetting memory blind");
+            }
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e:#}); allocating on demand");
+            }
+        }
+    }
+    Engine::new(&engine_config(Allocation::OnDemand)).map_err(wasm_internal)
+}
+
 impl WasmExecutor {
     /// Builds the engine (pooling allocator unless disabled or unavailable), the WASI
     /// linker and the module cache, and starts the epoch ticker.
     pub fn new(config: WasmConfig) -> Result<Self> {
-        let mut tried = if config.pooling {
-            vec![Allocation::PoolingScanned, Allocation::Pooling]
-        } else {
-            Vec::new()
-        };
-        tried.push(Allocation::OnDemand);
-        let mut engine = None;
-        for allocation in tried {
-            match Engine::new(&engine_config(allocation)) {
-                Ok(built) => {
-                    tracing::debug!(?allocation, "wasm engine ready");
-                    engine = Some(built);
-                    break;
-                }
-                Err(e) if allocation != Allocation::OnDemand => {
-                    tracing::info!(?allocation, "wasm allocation unavailable here ({e:#})");
-                }
-                Err(e) => return Err(wasm_internal(e)),
-            }
-        }
-        let engine = engine.expect("on-demand allocation either built or returned");
+        let engine = build_engine(config.pooling)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |g: &mut Guest| &mut g.wasi)
             .map_err(wasm_internal)?;

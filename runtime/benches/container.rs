@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use criterion::Criterion;
 use newt_runtime::{
-    CallRequest, CallResult, Cas, ContainerRuntime, DockerConfig, DockerExecutor, FunctionSpec,
-    Invoker, Limits,
+    CallRequest, CallResult, Cas, DockerConfig, DockerExecutor, Executor, FunctionSpec, Invoker,
+    Limits,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,17 +32,17 @@ fn main() {
         );
         return;
     }
-    docker.register_runtime(ContainerRuntime::builtin_python());
     let cas = Cas::open(home.path().join("cas")).expect("content store");
     let digest = cas.put(&echo_bundle()).expect("bundle");
     let invoker = Invoker::new(cas).with_shared_executor(docker.clone());
-    let spec = FunctionSpec {
+    let spec = std::sync::Arc::new(FunctionSpec {
         name: "bench-echo".into(),
         version: 1,
         runtime: "python".into(),
         digest: digest.to_string(),
         limits: Limits::default(),
-    };
+        policy: newt_runtime::Policy::default(),
+    });
     let call = || async {
         let outcome = invoker
             .invoke(
@@ -51,6 +51,7 @@ fn main() {
                     call_id: "bench".into(),
                     input: Bytes::from_static(b"{\"n\":1}"),
                 },
+                std::time::Instant::now() + spec.limits.timeout(),
             )
             .await
             .expect("call");

@@ -16,6 +16,7 @@ use newt_runtime::{
     CallRequest, CallResult, Cas, FunctionSpec, Invoker, Limits, WasmConfig, WasmExecutor,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn echo() -> Vec<u8> {
@@ -30,11 +31,11 @@ fn dice() -> Option<Vec<u8>> {
     std::fs::read(format!("{target}/wasm32-wasip1/release/dice.wasm")).ok()
 }
 
-fn invoker(home: &Path) -> (Invoker, FunctionSpec) {
+fn invoker(home: &Path) -> (Invoker, Arc<FunctionSpec>) {
     invoker_for(home, &echo())
 }
 
-fn invoker_for(home: &Path, module: &[u8]) -> (Invoker, FunctionSpec) {
+fn invoker_for(home: &Path, module: &[u8]) -> (Invoker, Arc<FunctionSpec>) {
     let cas = Cas::open(home.join("cas")).unwrap();
     let digest = cas.put(module).unwrap();
     let wasm = WasmExecutor::new(WasmConfig {
@@ -42,13 +43,14 @@ fn invoker_for(home: &Path, module: &[u8]) -> (Invoker, FunctionSpec) {
         pooling: true,
     })
     .unwrap();
-    let spec = FunctionSpec {
+    let spec = Arc::new(FunctionSpec {
         name: "echo".into(),
         version: 1,
         runtime: "wasm".into(),
         digest: digest.to_string(),
         limits: Limits::default(),
-    };
+        policy: newt_runtime::Policy::default(),
+    });
     (Invoker::new(cas).with_executor(wasm), spec)
 }
 
@@ -59,8 +61,9 @@ fn request() -> CallRequest {
     }
 }
 
-async fn call(invoker: &Invoker, spec: &FunctionSpec) {
-    let outcome = invoker.invoke(spec, request()).await.unwrap();
+async fn call(invoker: &Invoker, spec: &Arc<FunctionSpec>) {
+    let deadline = std::time::Instant::now() + spec.limits.timeout();
+    let outcome = invoker.invoke(spec, request(), deadline).await.unwrap();
     assert_eq!(outcome.result, CallResult::Done);
 }
 

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("the function's instance could not start: {0}")]
     InstanceStart(String),
 
+    /// The call's deadline passed before its instance was ready (a wasm start
+    /// function that runs too long, a container or agent slow to start).
+    #[error("{0}")]
+    Deadline(String),
+
     /// Every instance slot is taken and the wait queue is full.
     #[error("function `{function}` is at capacity: {reason}")]
     AtCapacity {

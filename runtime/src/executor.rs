@@ -1,22 +1,30 @@
 //! The `Executor` trait: what every backend (wasm, containers, ...) implements.
 //!
-//! An executor knows how to make a function runnable (`prepare`), how to make an
-//! instance of it (`create`), run one call in an instance (`invoke`) and get rid of
-//! one (`destroy`). It keeps no pools and decides nothing about warmth: that is the
-//! pool's job (`pool.rs`), the same for every backend. Adding a backend is a new module
+//! An executor knows how to check an upload (`check_bundle`), make a function runnable
+//! (`prepare`), make an instance of it (`create`, or `create_generic` + `load` for a
+//! runtime-level instance), run one call in an instance (`invoke`) and get rid of one
+//! (`destroy`). It keeps no pools and decides nothing about warmth: that is the pool's
+//! job (`pool.rs`), the same for every backend. Adding a backend is a new module
 //! implementing this trait, registered with the [`Invoker`](crate::Invoker).
+//!
+//! Every operation that can take time gets the call's absolute deadline: one
+//! `Instant` covers queueing, creating (a wasm start function, a container's start and
+//! agent init) and running.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::docker::ContainerRuntime;
+use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::policy::Policy;
 
-/// Everything the engine needs to know about one version of a function.
+/// Everything the engine needs to know about one version of a function, resolved
+/// once per version by the host (runtime policy and function overrides merged).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionSpec {
     /// The function's name (validated by the host).
@@ -29,6 +37,8 @@ pub struct FunctionSpec {
     pub digest: String,
     /// Limits for each call.
     pub limits: Limits,
+    /// The preload policy in force: the runtime's, with the function's overrides.
+    pub policy: Policy,
 }
 
 /// One call handed to an instance.
@@ -36,15 +46,16 @@ pub struct FunctionSpec {
 pub struct CallRequest {
     /// The call's id, visible to the guest as `NEWT_CALL_ID`.
     pub call_id: String,
-    /// The input bytes (stdin for wasm).
+    /// The input bytes (stdin for wasm, the `run` message's input for containers).
     pub input: Bytes,
 }
 
 /// How a call found its instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartKind {
     /// Nothing was ready: the instance was compiled, loaded or created for this call.
+    #[default]
     Cold,
     /// A runtime-level instance was taken and the function loaded into it.
     Prewarmed,
@@ -53,6 +64,9 @@ pub enum StartKind {
 }
 
 impl StartKind {
+    /// Every start kind, coldest first.
+    pub const ALL: [StartKind; 3] = [StartKind::Cold, StartKind::Prewarmed, StartKind::Warm];
+
     /// The lowercase name used in headers, records and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,17 +75,36 @@ impl StartKind {
             StartKind::Warm => "warm",
         }
     }
+
+    /// Parses [`StartKind::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<StartKind> {
+        StartKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// How a call ended, from the function's point of view.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum CallResult {
     /// The function succeeded; its output is in [`CallOutcome::output`].
+    #[default]
     Done,
     /// The function failed (error exit, trap, limit hit); the message says why.
     Failed(String),
-    /// The call ran past its deadline and was stopped.
+    /// The call ran past its deadline (queued, starting or running) and was stopped.
     Timeout(String),
+}
+
+impl CallResult {
+    /// The timeout every backend reports when a call's deadline passes, `while` a
+    /// phase of it (empty: while the function ran).
+    pub fn deadline_passed(phase: &str, timeout: Duration) -> CallResult {
+        let ms = timeout.as_millis();
+        CallResult::Timeout(if phase.is_empty() {
+            format!("the call ran past its deadline of {ms} ms")
+        } else {
+            format!("the call ran past its deadline of {ms} ms {phase}")
+        })
+    }
 }
 
 /// Where the time of a call went.
@@ -85,8 +118,9 @@ pub struct Timings {
     pub exec: Duration,
 }
 
-/// Everything a finished call produced.
-#[derive(Clone, Debug)]
+/// Everything a finished call produced. An executor's `invoke` fills `result`,
+/// `output` and `logs`; the pool adds how the instance was found and the timings.
+#[derive(Clone, Debug, Default)]
 pub struct CallOutcome {
     /// Success, failure or timeout.
     pub result: CallResult,
@@ -100,18 +134,28 @@ pub struct CallOutcome {
     pub timings: Timings,
 }
 
-/// What one `invoke` on an instance produced.
-#[derive(Debug)]
-pub struct Invocation {
-    /// Success, failure or timeout.
-    pub result: CallResult,
-    /// stdout.
-    pub output: Bytes,
-    /// stderr, capped.
-    pub logs: Bytes,
-    /// Whether the instance may serve another call. `false` after any failure that may
-    /// have left it in a bad state, and always for single-use instances.
-    pub reusable: bool,
+impl CallOutcome {
+    /// An outcome with no output, as an executor reports a failure or timeout.
+    pub fn ended(result: CallResult, logs: Bytes) -> CallOutcome {
+        CallOutcome {
+            result,
+            logs,
+            ..CallOutcome::default()
+        }
+    }
+}
+
+/// Whether a backend answers, for `GET /healthz`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendHealth {
+    /// Whether the backend can run calls now.
+    pub reachable: bool,
+    /// Where it is (the Docker engine's address; `in-process` for wasm).
+    pub address: String,
+    /// The backend's version, when reachable.
+    pub version: Option<String>,
+    /// Why it is not reachable.
+    pub error: Option<String>,
 }
 
 /// A backend that runs functions.
@@ -128,6 +172,16 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether this executor runs functions of `runtime`.
     fn can_handle(&self, runtime: &str) -> bool;
 
+    /// Checks an upload before anything is stored (the wasm magic, a safe archive
+    /// with what the runtime needs), so a deploy that can never run is refused at once.
+    async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()>;
+
+    /// Whether `prepare` takes long enough (building an image) that a deploy answers
+    /// `pending` and prepares in the background. Otherwise it prepares before answering.
+    fn prepares_in_background(&self) -> bool {
+        false
+    }
+
     /// Whether creating an instance of an already-prepared function is as cheap as
     /// taking a warm one, so such a call counts as `warm` (wasm: instantiating a
     /// linked module takes microseconds). A new container is always `cold`.
@@ -139,31 +193,62 @@ pub trait Executor: Send + Sync + 'static {
     /// building); done once per version and process.
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<Self::Prepared>;
 
-    /// Takes a generic runtime-level instance, if one is ready, and loads the function
-    /// into it (`prewarmed`). `None` when there is none to take (the caller then
-    /// creates one); the default for executors without runtime-level instances.
-    async fn take_prewarmed(
-        &self,
-        _spec: &FunctionSpec,
-        _prepared: &Arc<Self::Prepared>,
-    ) -> Option<Self::Instance> {
-        None
-    }
-
-    /// Creates an instance of a prepared function.
+    /// Creates an instance of a prepared function, by `deadline` (then
+    /// [`Error::Deadline`]).
     async fn create(
         &self,
         spec: &FunctionSpec,
         prepared: &Arc<Self::Prepared>,
+        deadline: Instant,
     ) -> Result<Self::Instance>;
 
-    /// Runs one call in an instance, within the spec's limits.
+    /// Whether `runtime` has generic runtime-level instances that functions can load
+    /// themselves into. `false` for wasm, whose runtime level (engine and linker) is
+    /// always ready.
+    fn has_runtime_instances(&self, _runtime: &str) -> bool {
+        false
+    }
+
+    /// Creates a generic runtime-level instance of `runtime`, by `deadline`.
+    async fn create_generic(&self, runtime: &str, _deadline: Instant) -> Result<Self::Instance> {
+        Err(Error::UnknownRuntime(format!(
+            "{runtime} (no runtime-level instances)"
+        )))
+    }
+
+    /// Whether a runtime-level instance can be given this function (the function may
+    /// need its own image, or limits a generic instance was not started with).
+    fn can_load(&self, _spec: &FunctionSpec, _prepared: &Self::Prepared) -> bool {
+        false
+    }
+
+    /// Loads a function into a runtime-level instance, by `deadline`; the instance
+    /// then belongs to that function.
+    async fn load(
+        &self,
+        spec: &FunctionSpec,
+        _prepared: &Arc<Self::Prepared>,
+        _instance: &mut Self::Instance,
+        _deadline: Instant,
+    ) -> Result<()> {
+        Err(Error::UnknownRuntime(format!(
+            "{} (no runtime-level instances)",
+            spec.runtime
+        )))
+    }
+
+    /// Runs one call in an instance, within the spec's limits and by `deadline`.
     async fn invoke(
         &self,
         spec: &FunctionSpec,
         instance: &mut Self::Instance,
         call: &CallRequest,
-    ) -> Result<Invocation>;
+        deadline: Instant,
+    ) -> Result<CallOutcome>;
+
+    /// Whether an instance may serve another call: `false` after anything that may
+    /// have left it in a bad state, and always for single-use instances.
+    fn reusable(&self, instance: &Self::Instance) -> bool;
 
     /// Gets rid of an instance and everything it holds.
     async fn destroy(&self, instance: Self::Instance);
@@ -173,6 +258,34 @@ pub trait Executor: Send + Sync + 'static {
     /// destroys in the background, still counting the instance against
     /// `max_instances` until it is gone.
     fn destroying_is_cheap(&self) -> bool {
+        false
+    }
+
+    /// Whether the backend answers.
+    async fn health(&self) -> BackendHealth;
+
+    /// The container runtimes this executor runs (none for wasm).
+    fn runtimes(&self) -> Vec<ContainerRuntime> {
+        Vec::new()
+    }
+
+    /// Whether this executor takes container runtime definitions.
+    fn takes_runtimes(&self) -> bool {
+        false
+    }
+
+    /// Registers (or replaces) a runtime; with `check`, after checking it can run
+    /// here (its image is on the engine). Runtimes restored from the store at start
+    /// are not checked again: the engine may not be up yet.
+    async fn register_runtime(&self, runtime: ContainerRuntime, _check: bool) -> Result<()> {
+        Err(Error::InvalidRuntime(format!(
+            "{} takes no runtime definitions",
+            runtime.name
+        )))
+    }
+
+    /// Forgets a runtime; `false` if it was not registered.
+    fn remove_runtime(&self, _name: &str) -> bool {
         false
     }
 }

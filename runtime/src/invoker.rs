@@ -1,11 +1,16 @@
-//! The invoker: maps a function to the executor of its runtime and to the pool of its
-//! current version.
+//! The invoker: the engine's one entry point for the host. It maps a runtime to the
+//! executor that runs it, a function to the pool of its current version, and a
+//! runtime to its runtime-level pool.
 //!
-//! The host hands it a [`FunctionSpec`] and a [`CallRequest`]; the invoker prepares the
-//! version on first use (compile or load from cache), keeps one pool per function and
-//! replaces it (draining the old one) when a newer version arrives.
+//! The host hands it a [`FunctionSpec`] (resolved once per version: limits and
+//! policy), a [`CallRequest`] and one absolute deadline; the invoker prepares the
+//! version on first use (compile or load from cache, or build an image), keeps one
+//! pool per function and replaces it (draining the old one) when a newer version
+//! arrives. Everything backend-specific (checking an upload, runtimes, health) is
+//! asked of the executors through it, so the host never branches on a backend.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,60 +19,127 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
 use crate::cas::{Cas, Digest};
+use crate::docker::ContainerRuntime;
 use crate::error::{Error, Result};
-use crate::executor::{CallOutcome, CallRequest, Executor, FunctionSpec};
+use crate::executor::{BackendHealth, CallOutcome, CallRequest, Executor, FunctionSpec};
 use crate::policy::Policy;
-use crate::pool::{Deployment, FunctionPool, PoolStats};
+use crate::pool::{Deployment, FunctionPool, Pool, PoolStats, RuntimePoolStats, RuntimePools};
 
 /// An executor behind a vtable: what the invoker needs from each backend.
 #[async_trait]
 trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn can_handle(&self, runtime: &str) -> bool;
+    async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()>;
+    fn prepares_in_background(&self) -> bool;
     async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()>;
-    async fn deploy(
-        &self,
-        spec: &FunctionSpec,
-        bundle: &Path,
-        policy: Policy,
-    ) -> Result<Arc<dyn Deployment>>;
+    async fn deploy(&self, spec: Arc<FunctionSpec>, bundle: &Path) -> Result<Arc<dyn Deployment>>;
+    fn set_runtime_policy(&self, runtime: &str, policy: &Policy);
+    fn runtime_pool(&self, runtime: &str) -> Option<RuntimePoolStats>;
+    async fn drain_runtime_pools(&self);
+    async fn health(&self) -> BackendHealth;
+    fn runtimes(&self) -> Vec<ContainerRuntime>;
+    fn takes_runtimes(&self) -> bool;
+    async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()>;
+    async fn remove_runtime(&self, name: &str) -> bool;
 }
 
-struct ExecutorBackend<E: Executor>(Arc<E>);
+struct ExecutorBackend<E: Executor> {
+    executor: Arc<E>,
+    runtime_pools: Arc<RuntimePools<E>>,
+}
 
 #[async_trait]
 impl<E: Executor> Backend for ExecutorBackend<E> {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.executor.name()
     }
 
     fn can_handle(&self, runtime: &str) -> bool {
-        self.0.can_handle(runtime)
+        self.executor.can_handle(runtime)
+    }
+
+    async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()> {
+        self.executor.check_bundle(runtime, bundle).await
+    }
+
+    fn prepares_in_background(&self) -> bool {
+        self.executor.prepares_in_background()
     }
 
     async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()> {
-        self.0.prepare(spec, bundle).await.map(drop)
+        self.executor.prepare(spec, bundle).await.map(drop)
     }
 
-    async fn deploy(
-        &self,
-        spec: &FunctionSpec,
-        bundle: &Path,
-        policy: Policy,
-    ) -> Result<Arc<dyn Deployment>> {
-        let prepared = self.0.prepare(spec, bundle).await?;
-        Ok(FunctionPool::start(
-            self.0.clone(),
-            spec.clone(),
+    async fn deploy(&self, spec: Arc<FunctionSpec>, bundle: &Path) -> Result<Arc<dyn Deployment>> {
+        let prepared = self.executor.prepare(&spec, bundle).await?;
+        let pool = Pool::for_function(
+            self.executor.clone(),
+            spec,
             prepared,
-            policy,
-        ))
+            self.runtime_pools.clone(),
+        );
+        Ok(Arc::new(FunctionPool(pool)))
+    }
+
+    fn set_runtime_policy(&self, runtime: &str, policy: &Policy) {
+        if let Some(pool) = self.runtime_pools.get(runtime) {
+            pool.set_policy(policy.clone());
+            return;
+        }
+        if self.executor.has_runtime_instances(runtime) {
+            let pool = Pool::for_runtime(self.executor.clone(), runtime, policy.clone());
+            self.runtime_pools.insert(runtime.to_string(), pool);
+        }
+    }
+
+    fn runtime_pool(&self, runtime: &str) -> Option<RuntimePoolStats> {
+        self.runtime_pools.get(runtime).map(|p| p.runtime_stats())
+    }
+
+    async fn drain_runtime_pools(&self) {
+        let pools: Vec<_> = self.runtime_pools.iter().map(|p| p.clone()).collect();
+        for pool in pools {
+            pool.drain_pool().await;
+        }
+    }
+
+    async fn health(&self) -> BackendHealth {
+        self.executor.health().await
+    }
+
+    fn runtimes(&self) -> Vec<ContainerRuntime> {
+        self.executor.runtimes()
+    }
+
+    fn takes_runtimes(&self) -> bool {
+        self.executor.takes_runtimes()
+    }
+
+    async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()> {
+        let name = runtime.name.clone();
+        self.executor.register_runtime(runtime, check).await?;
+        // A runtime replaced by one with another image or mode starts its generic
+        // instances afresh.
+        if let Some((_, old)) = self.runtime_pools.remove(&name) {
+            let policy = old.runtime_stats().policy;
+            old.drain_pool().await;
+            self.set_runtime_policy(&name, &policy);
+        }
+        Ok(())
+    }
+
+    async fn remove_runtime(&self, name: &str) -> bool {
+        if let Some((_, pool)) = self.runtime_pools.remove(name) {
+            pool.drain_pool().await;
+        }
+        self.executor.remove_runtime(name)
     }
 }
 
 /// The current version of one function and, once prepared, its pool.
 struct Slot {
-    spec: FunctionSpec,
+    spec: Arc<FunctionSpec>,
     deployment: OnceCell<Arc<dyn Deployment>>,
 }
 
@@ -76,7 +148,6 @@ pub struct Invoker {
     cas: Cas,
     backends: Vec<Arc<dyn Backend>>,
     slots: DashMap<String, Arc<Slot>>,
-    policies: DashMap<String, Policy>,
 }
 
 impl std::fmt::Debug for Invoker {
@@ -96,7 +167,6 @@ impl Invoker {
             cas,
             backends: Vec::new(),
             slots: DashMap::new(),
-            policies: DashMap::new(),
         }
     }
 
@@ -106,10 +176,13 @@ impl Invoker {
         self.with_shared_executor(Arc::new(executor))
     }
 
-    /// Adds an executor the caller keeps a handle to (to register container runtimes
-    /// or ask for health while the invoker runs calls on it).
+    /// Adds an executor the caller keeps a handle to (for start-up chores such as
+    /// building a base image while the invoker runs calls on it).
     pub fn with_shared_executor<E: Executor>(mut self, executor: Arc<E>) -> Self {
-        self.backends.push(Arc::new(ExecutorBackend(executor)));
+        self.backends.push(Arc::new(ExecutorBackend {
+            executor,
+            runtime_pools: Arc::new(DashMap::new()),
+        }));
         self
     }
 
@@ -137,19 +210,55 @@ impl Invoker {
         Ok(path)
     }
 
+    /// The names of every runtime a function may be deployed to.
+    pub fn runtime_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .backends
+            .iter()
+            .flat_map(|b| {
+                if b.takes_runtimes() {
+                    b.runtimes().into_iter().map(|r| r.name).collect()
+                } else {
+                    vec![b.name().to_string()]
+                }
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Checks an upload for `runtime` before it is stored: unknown runtime, not a
+    /// module, unsafe archive, no engine to build it on.
+    pub async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()> {
+        self.backend(runtime)?.check_bundle(runtime, bundle).await
+    }
+
+    /// Whether a deploy to `runtime` is prepared in the background (the deploy
+    /// answers `pending`) rather than before answering.
+    pub fn prepares_in_background(&self, runtime: &str) -> Result<bool> {
+        Ok(self.backend(runtime)?.prepares_in_background())
+    }
+
     /// Checks that a bundle can run (for wasm: compiles it, filling the module cache),
     /// without installing it. Used before a deploy is accepted.
     pub async fn validate(&self, spec: &FunctionSpec) -> Result<()> {
         spec.limits.validate()?;
+        spec.policy.validate()?;
         let backend = self.backend(&spec.runtime)?;
         backend.validate(spec, &self.bundle_path(spec)?).await
     }
 
-    /// Runs one call of `spec`'s version, preparing it first if this process has not
-    /// yet. A newer version replaces the pool of an older one.
-    pub async fn invoke(&self, spec: &FunctionSpec, request: CallRequest) -> Result<CallOutcome> {
+    /// Runs one call of `spec`'s version by `deadline`, preparing the version first
+    /// if this process has not yet. A newer version replaces the pool of an older
+    /// one; a newer policy for the same version is followed at once.
+    pub async fn invoke(
+        &self,
+        spec: &Arc<FunctionSpec>,
+        request: CallRequest,
+        deadline: Instant,
+    ) -> Result<CallOutcome> {
         let (deployment, prepare_time) = self.deployment(spec).await?;
-        let mut outcome = deployment.call(request).await?;
+        let mut outcome = deployment.call(request, deadline).await?;
         // The call that had to prepare the version (load or compile it) paid for that.
         outcome.timings.init += prepare_time;
         Ok(outcome)
@@ -157,29 +266,36 @@ impl Invoker {
 
     /// The pool of `spec`'s version, and how long this call spent preparing it (zero
     /// unless this call was the one that did).
-    async fn deployment(&self, spec: &FunctionSpec) -> Result<(Arc<dyn Deployment>, Duration)> {
+    async fn deployment(
+        &self,
+        spec: &Arc<FunctionSpec>,
+    ) -> Result<(Arc<dyn Deployment>, Duration)> {
         let slot = self.slot(spec);
         let mut prepare_time = Duration::ZERO;
         let deployment = slot
             .deployment
             .get_or_try_init(|| async {
                 let started = Instant::now();
-                let backend = self.backend(&spec.runtime)?;
-                let policy = self.policy(&spec.name);
-                let deployment = backend.deploy(spec, &self.bundle_path(spec)?, policy).await;
+                let backend = self.backend(&slot.spec.runtime)?;
+                let deployment = backend
+                    .deploy(slot.spec.clone(), &self.bundle_path(&slot.spec)?)
+                    .await;
                 prepare_time = started.elapsed();
                 deployment
             })
             .await?;
+        if slot.spec.version == spec.version {
+            deployment.follow(spec);
+        }
         Ok((deployment.clone(), prepare_time))
     }
 
-    /// The slot for this exact version, replacing (and draining) an older one.
-    fn slot(&self, spec: &FunctionSpec) -> Arc<Slot> {
+    /// The slot for this version, replacing (and draining) an older one.
+    fn slot(&self, spec: &Arc<FunctionSpec>) -> Arc<Slot> {
         if let Some(slot) = self.slots.get(&spec.name) {
             // A call that read the function just before a redeploy may arrive with the
             // older spec: calls always run the newest version, never bring back an old one.
-            if slot.spec == *spec || slot.spec.version > spec.version {
+            if slot.spec.version >= spec.version {
                 return slot.clone();
             }
         }
@@ -195,7 +311,6 @@ impl Invoker {
                 new = spec.version,
                 "replacing the pool of an older version"
             );
-            tracing::debug!(old = ?old.spec, new = ?spec, "pool specs");
             drain_in_background(old);
         }
         fresh
@@ -203,37 +318,27 @@ impl Invoker {
 
     /// Forgets a function and destroys its idle instances.
     pub fn remove(&self, name: &str) {
-        self.policies.remove(name);
         if let Some((_, old)) = self.slots.remove(name) {
             drain_in_background(old);
         }
     }
 
-    /// The policy in force for a function (the default until one is set).
-    pub fn policy(&self, name: &str) -> Policy {
-        self.policies
-            .get(name)
-            .map(|p| p.clone())
-            .unwrap_or_default()
-    }
-
-    /// Sets a function's policy; a running pool follows it at once.
-    pub fn set_policy(&self, name: &str, policy: Policy) {
-        if let Some(slot) = self.slots.get(name)
-            && let Some(deployment) = slot.deployment.get()
-        {
-            deployment.set_policy(policy.clone());
-        }
-        self.policies.insert(name.to_string(), policy);
-    }
-
-    /// Prepares `spec`'s version now, so its pool starts filling to `min_warm` before
-    /// any call (and the first call does not pay for loading it).
-    pub async fn preload(&self, spec: &FunctionSpec) -> Result<()> {
+    /// Prepares `spec`'s version now and installs its pool, so the pool starts
+    /// filling to `min_warm` before any call (and the first call does not pay for
+    /// loading it). On an installed version, takes its (new) policy.
+    pub async fn preload(&self, spec: &Arc<FunctionSpec>) -> Result<()> {
         self.deployment(spec).await.map(drop)
     }
 
-    /// The state of every live pool, by function name.
+    /// Sets a runtime's policy: with `preload = runtime` its runtime-level pool keeps
+    /// `min_warm` generic instances (runtimes that have them).
+    pub fn set_runtime_policy(&self, runtime: &str, policy: &Policy) {
+        if let Ok(backend) = self.backend(runtime) {
+            backend.set_runtime_policy(runtime, policy);
+        }
+    }
+
+    /// The state of every live function pool, by function name.
     pub fn pools(&self) -> Vec<PoolStats> {
         let mut all: Vec<PoolStats> = self
             .slots
@@ -250,6 +355,56 @@ impl Invoker {
         slot.deployment.get().map(|d| d.stats())
     }
 
+    /// The state of a runtime's runtime-level pool, if it has one.
+    pub fn runtime_pool(&self, runtime: &str) -> Option<RuntimePoolStats> {
+        self.backend(runtime).ok()?.runtime_pool(runtime)
+    }
+
+    /// Every container runtime, by name.
+    pub fn runtimes(&self) -> Vec<ContainerRuntime> {
+        let mut all: Vec<ContainerRuntime> =
+            self.backends.iter().flat_map(|b| b.runtimes()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// One container runtime.
+    pub fn runtime(&self, name: &str) -> Option<ContainerRuntime> {
+        self.runtimes().into_iter().find(|r| r.name == name)
+    }
+
+    /// Registers (or replaces) a container runtime with the first executor that takes
+    /// them; with `check`, after it checked the runtime can run there (its image
+    /// exists). Runtimes restored from the store at start are not checked again.
+    pub async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()> {
+        runtime.validate()?;
+        let backend = self
+            .backends
+            .iter()
+            .find(|b| b.takes_runtimes())
+            .ok_or_else(|| Error::InvalidRuntime("no executor takes container runtimes".into()))?;
+        backend.register_runtime(runtime, check).await
+    }
+
+    /// Forgets a container runtime and its runtime-level instances.
+    pub async fn remove_runtime(&self, name: &str) -> bool {
+        for backend in &self.backends {
+            if backend.takes_runtimes() && backend.remove_runtime(name).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The health of every backend, by name.
+    pub async fn health(&self) -> Vec<(&'static str, BackendHealth)> {
+        let mut all = Vec::with_capacity(self.backends.len());
+        for backend in &self.backends {
+            all.push((backend.name(), backend.health().await));
+        }
+        all
+    }
+
     /// Drains every pool (shutdown): idle instances are destroyed now, busy ones when
     /// their call ends.
     pub async fn drain_all(&self) {
@@ -258,6 +413,9 @@ impl Invoker {
             if let Some(deployment) = slot.deployment.get() {
                 deployment.drain().await;
             }
+        }
+        for backend in &self.backends {
+            backend.drain_runtime_pools().await;
         }
     }
 }

@@ -31,15 +31,14 @@ mod wasm;
 pub use bundle::{ArchiveKind, BundleLimits, Unpacked, pack, unpack};
 pub use cas::{Cas, Digest};
 pub use docker::{
-    ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor,
-    DockerHealth, RunMode,
+    ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor, RunMode,
 };
 pub use error::{Error, Result};
 pub use executor::{
-    CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, Invocation, StartKind, Timings,
+    BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, StartKind, Timings,
 };
 pub use invoker::Invoker;
 pub use limits::{Limits, MAX_LOG_BYTES, MAX_MEMORY_MB, MAX_OUTPUT_BYTES, MAX_TIMEOUT_MS};
 pub use policy::{Policy, Preload, format_duration, parse_duration};
-pub use pool::PoolStats;
+pub use pool::{PoolStats, RuntimePoolStats};
 pub use wasm::{WasmConfig, WasmExecutor, WasmInstance, WasmPrepared};

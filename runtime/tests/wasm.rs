@@ -3,9 +3,11 @@
 
 use bytes::Bytes;
 use newt_runtime::{
-    CallOutcome, CallRequest, CallResult, Cas, Error, FunctionSpec, Invoker, Limits, StartKind,
-    WasmConfig, WasmExecutor,
+    CallOutcome, CallRequest, CallResult, Cas, Error, FunctionSpec, Invoker, Limits, Policy,
+    StartKind, WasmConfig, WasmExecutor,
 };
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Harness {
     _home: tempfile::TempDir,
@@ -35,18 +37,19 @@ impl Harness {
         }
     }
 
-    fn spec(&self, name: &str, bytes: &[u8], limits: Limits) -> FunctionSpec {
+    fn spec(&self, name: &str, bytes: &[u8], limits: Limits) -> Arc<FunctionSpec> {
         let digest = self.invoker.cas().put(bytes).unwrap();
-        FunctionSpec {
+        Arc::new(FunctionSpec {
             name: name.into(),
             version: 1,
             runtime: "wasm".into(),
             digest: digest.to_string(),
             limits,
-        }
+            policy: Policy::default(),
+        })
     }
 
-    async fn call(&self, spec: &FunctionSpec, input: &str) -> CallOutcome {
+    async fn call(&self, spec: &Arc<FunctionSpec>, input: &str) -> CallOutcome {
         self.invoker
             .invoke(
                 spec,
@@ -54,6 +57,7 @@ impl Harness {
                     call_id: "c1".into(),
                     input: Bytes::from(input.to_string()),
                 },
+                Instant::now() + spec.limits.timeout(),
             )
             .await
             .unwrap()
@@ -173,7 +177,7 @@ async fn invalid_bundles_are_refused_with_the_reason() {
 async fn unknown_runtime_is_an_error() {
     let h = Harness::new();
     let mut spec = h.spec("echo", &fixture("echo"), Limits::default());
-    spec.runtime = "cobol".into();
+    Arc::make_mut(&mut spec).runtime = "cobol".into();
     let err = h.invoker.validate(&spec).await.unwrap_err();
     assert!(matches!(err, Error::UnknownRuntime(r) if r == "cobol"));
 }
@@ -183,7 +187,7 @@ async fn newer_version_replaces_the_old_and_old_spec_cannot_bring_it_back() {
     let h = Harness::new();
     let v1 = h.spec("f", &fixture("echo"), Limits::default());
     let mut v2 = h.spec("f", &fixture("fail"), Limits::default());
-    v2.version = 2;
+    Arc::make_mut(&mut v2).version = 2;
     assert_eq!(h.call(&v1, "a").await.result, CallResult::Done);
     assert!(matches!(
         h.call(&v2, "a").await.result,
@@ -214,10 +218,52 @@ async fn compiled_modules_are_reused_from_the_disk_cache() {
             runtime: "wasm".into(),
             digest: digest.to_string(),
             limits: Limits::default(),
+            policy: Policy::default(),
         };
         let prepared = newt_runtime::Executor::prepare(&wasm, &spec, &cas.path(&digest))
             .await
             .unwrap();
         assert_eq!(prepared.compiled(), round == 0, "round {round}");
+    }
+}
+
+/// A start function that never ends: instantiation runs it, so it must yield and stop
+/// at the call's deadline like the function's own code, without pinning a worker.
+const LOOPING_START: &str =
+    r#"(module (memory 1) (func $s (loop br 0)) (start $s) (func (export "_start")))"#;
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_start_function_ends_at_the_deadline_and_others_keep_running() {
+    let h = Arc::new(Harness::new());
+    let looping = h.spec(
+        "looping",
+        &wat::parse_str(LOOPING_START).unwrap(),
+        Limits {
+            timeout_ms: 400,
+            ..Limits::default()
+        },
+    );
+    let echo = h.spec("echo", &fixture("echo"), Limits::default());
+    // One worker thread: if the start function did not yield, the echo call below
+    // could not run until it ended.
+    let stuck = tokio::spawn({
+        let (h, looping) = (h.clone(), looping.clone());
+        async move { h.call(&looping, "").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let answer = h.call(&echo, "hi").await;
+    assert_eq!(answer.result, CallResult::Done);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "echo waited {:?} behind the looping start function",
+        started.elapsed()
+    );
+    let outcome = stuck.await.unwrap();
+    match outcome.result {
+        CallResult::Timeout(message) => {
+            assert!(message.contains("start function"), "{message}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
     }
 }

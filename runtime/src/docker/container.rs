@@ -14,13 +14,14 @@ use bollard::query_parameters::{
 use futures_util::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::protocol::{AgentMessage, FrameReader, HostMessage, ProtocolError, encode};
 use super::{ContainerRuntime, RunMode};
 use crate::error::{Error, Result};
-use crate::executor::{CallRequest, CallResult, FunctionSpec, Invocation};
+use crate::executor::{CallOutcome, CallRequest, CallResult, FunctionSpec};
+use crate::limits::Limits;
 
 /// The uid functions run as: not root, not any user of the image.
 pub(crate) const FUNCTION_UID: &str = "10001";
@@ -30,21 +31,61 @@ const PIDS_LIMIT: i64 = 128;
 const NANO_CPUS: i64 = 1_000_000_000;
 /// Size of the writable /tmp.
 const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
-/// How long the agent gets to import the function.
-const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room for the JSON around a result's output and logs.
 const FRAME_OVERHEAD: u64 = 64 * 1024;
 
 type Output =
     Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>>;
 
-/// One container serving one function version.
+/// One container serving one function version (or, until `load`, a runtime-level
+/// instance waiting for one). Dropped without [`ContainerInstance::remove`] (its
+/// caller vanished mid-start or mid-call), it removes its container in the
+/// background, so no path leaves a container behind.
 pub struct ContainerInstance {
     pub(crate) id: String,
+    docker: Docker,
     mode: RunMode,
     workdir: String,
     run: String,
     io: Option<AgentIo>,
+    memory_mb: u64,
+    /// Set by anything that may have left the container unfit for another call.
+    pub(crate) spent: bool,
+    removed: bool,
+}
+
+impl ContainerInstance {
+    /// Removes the container, whatever its state.
+    pub(crate) async fn remove(mut self) {
+        remove(&self.docker, &self.id).await;
+        self.removed = true;
+    }
+}
+
+impl Drop for ContainerInstance {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+            handle.spawn(async move { remove(&docker, &id).await });
+        }
+    }
+}
+
+/// What a container is started for.
+pub(crate) struct Start<'a> {
+    /// The function's name (or a runtime-level instance's label).
+    pub function: &'a str,
+    /// The limits the container is created with.
+    pub limits: &'a Limits,
+    pub runtime: &'a ContainerRuntime,
+    pub image: &'a str,
+    /// The handler to load at start; `None` for a runtime-level instance, whose agent
+    /// waits for `init` (see [`load`]).
+    pub handler: Option<&'a str>,
+    pub host_id: &'a str,
 }
 
 /// The attached stdio of an agent-mode container.
@@ -60,8 +101,8 @@ fn docker_error(action: &str, e: bollard::errors::Error) -> Error {
 }
 
 /// The hardening every function container gets.
-fn host_config(spec: &FunctionSpec) -> HostConfig {
-    let memory = (spec.limits.memory_mb << 20) as i64;
+fn host_config(limits: &Limits) -> HostConfig {
+    let memory = (limits.memory_mb << 20) as i64;
     HostConfig {
         network_mode: Some("none".into()),
         readonly_rootfs: Some(true),
@@ -86,32 +127,47 @@ fn host_config(spec: &FunctionSpec) -> HostConfig {
     }
 }
 
-/// Creates, attaches and starts a container for `spec` from `image`. In agent mode
-/// with a `handler`, also loads the function and waits for the agent to say it is
-/// ready; without one the agent waits for `init` (a runtime-level instance, see
-/// [`specialise`]).
+/// Creates, attaches and starts a container, by `deadline`. In agent mode with a
+/// `handler`, also loads the function and waits for the agent to say it is ready;
+/// without one the agent waits for `init` (a runtime-level instance, see [`load`]).
 pub(crate) async fn start(
     docker: &Docker,
-    spec: &FunctionSpec,
-    runtime: &ContainerRuntime,
-    image: &str,
-    handler: Option<&str>,
-    host_id: &str,
+    what: &Start<'_>,
+    deadline: Instant,
 ) -> Result<ContainerInstance> {
+    let started = tokio::time::timeout_at(deadline.into(), start_by(docker, what, deadline)).await;
+    started.unwrap_or_else(|_| {
+        // The half-started container went with the dropped future (its drop removes it).
+        Err(Error::Deadline(format!(
+            "the call ran past its deadline of {} ms while its container started",
+            what.limits.timeout_ms
+        )))
+    })
+}
+
+async fn start_by(
+    docker: &Docker,
+    what: &Start<'_>,
+    deadline: Instant,
+) -> Result<ContainerInstance> {
+    let Start {
+        function,
+        limits,
+        runtime,
+        image,
+        handler,
+        host_id,
+    } = *what;
     let instance_id = uuid_like();
     // The tail of a v7 uuid is random; its head is the time, shared by concurrent starts.
-    let name = format!(
-        "newt-{}-{}",
-        spec.name,
-        &instance_id[instance_id.len() - 12..]
-    );
+    let name = format!("newt-{function}-{}", &instance_id[instance_id.len() - 12..]);
     let labels = HashMap::from([
         ("newt.managed".to_string(), "true".to_string()),
         ("newt.host".to_string(), host_id.to_string()),
-        ("newt.function".to_string(), spec.name.clone()),
+        ("newt.function".to_string(), function.to_string()),
         ("newt.runtime".to_string(), runtime.name.clone()),
         ("newt.instance".to_string(), instance_id.clone()),
-        ("newt.stem".to_string(), handler.is_none().to_string()),
+        ("newt.generic".to_string(), handler.is_none().to_string()),
     ]);
     let agent = runtime.mode == RunMode::Agent;
     let cmd = if agent {
@@ -120,7 +176,7 @@ pub(crate) async fn start(
         // Command mode: the container only stays up; `run` is exec'd per call.
         vec!["sleep".into(), "infinity".into()]
     };
-    let mut env = vec![format!("NEWT_FUNCTION={}", spec.name)];
+    let mut env = vec![format!("NEWT_FUNCTION={function}")];
     if agent && handler.is_none() {
         // A runtime-level instance: the agent readies itself to unpack the code that
         // `init` will bring.
@@ -140,7 +196,7 @@ pub(crate) async fn start(
         stdin_once: Some(agent),
         tty: Some(false),
         labels: Some(labels),
-        host_config: Some(host_config(spec)),
+        host_config: Some(host_config(limits)),
         ..Default::default()
     };
     let created = docker
@@ -150,15 +206,21 @@ pub(crate) async fn start(
         )
         .await
         .map_err(|e| docker_error("creating a container", e))?;
-    let id = created.id;
+    // From here on the instance owns the container: however this start ends, it is
+    // either returned or removed.
     let mut instance = ContainerInstance {
-        id: id.clone(),
+        id: created.id,
+        docker: docker.clone(),
         mode: runtime.mode,
         workdir: runtime.path.clone(),
         run: runtime.run.clone(),
         io: None,
+        memory_mb: limits.memory_mb,
+        spent: false,
+        removed: false,
     };
     let started = async {
+        let id = instance.id.clone();
         if agent {
             // Attach before start, or the first bytes could be lost.
             let attached = docker
@@ -178,7 +240,7 @@ pub(crate) async fn start(
             instance.io = Some(AgentIo {
                 input: attached.input,
                 output: attached.output,
-                frames: FrameReader::new(frame_limit(spec)),
+                frames: FrameReader::new(frame_limit(limits)),
                 stderr: Vec::new(),
             });
         }
@@ -192,53 +254,69 @@ pub(crate) async fn start(
         if agent {
             match handler {
                 Some(handler) => {
-                    init_agent(docker, &mut instance, spec, handler, &runtime.path, None).await?
+                    init_agent(
+                        &mut instance,
+                        function,
+                        limits,
+                        handler,
+                        &runtime.path,
+                        None,
+                        deadline,
+                    )
+                    .await?
                 }
                 // A runtime-level instance joins its pool only once its agent is up
                 // (interpreter started, unpacking modules imported): a call that
                 // claims it must not wait for the boot.
-                None => await_agent(docker, &mut instance, spec).await?,
+                None => await_agent(&mut instance, deadline).await?,
             }
         }
         Ok::<(), Error>(())
     }
     .await;
-    if let Err(e) = started {
-        remove(docker, &id).await;
-        return Err(e);
+    match started {
+        Ok(()) => Ok(instance),
+        Err(e) => {
+            instance.remove().await;
+            Err(e)
+        }
     }
-    Ok(instance)
 }
 
 /// The largest frame accepted: output and logs travel JSON-escaped inside it, which
 /// can take up to six bytes per byte (`\u0000`); their real sizes are checked after
 /// parsing.
-fn frame_limit(spec: &FunctionSpec) -> usize {
-    (6 * (spec.limits.max_output_bytes + 2 * spec.limits.max_log_bytes) + FRAME_OVERHEAD) as usize
+fn frame_limit(limits: &Limits) -> usize {
+    (6 * (limits.max_output_bytes + 2 * limits.max_log_bytes) + FRAME_OVERHEAD) as usize
 }
 
-/// Loads a function into a runtime-level instance: its code travels in `init`, is
-/// unpacked by the agent into `workdir` (on the writable /tmp) and imported. The
-/// container then belongs to that function.
-pub(crate) async fn specialise(
-    docker: &Docker,
+/// Loads a function into a runtime-level instance by `deadline`: its code travels in
+/// `init`, is unpacked by the agent into `workdir` (on the writable /tmp) and
+/// imported. The container then belongs to that function.
+pub(crate) async fn load(
     instance: &mut ContainerInstance,
     spec: &FunctionSpec,
     handler: &str,
     workdir: &str,
     bundle: &str,
+    deadline: Instant,
 ) -> Result<()> {
     instance.workdir = workdir.to_string();
-    init_agent(docker, instance, spec, handler, workdir, Some(bundle)).await
+    init_agent(
+        instance,
+        &spec.name,
+        &spec.limits,
+        handler,
+        workdir,
+        Some(bundle),
+        deadline,
+    )
+    .await
 }
 
 /// Pings the agent and waits for its `pong`.
-async fn await_agent(
-    docker: &Docker,
-    instance: &mut ContainerInstance,
-    spec: &FunctionSpec,
-) -> Result<()> {
-    match exchange(docker, instance, spec, &HostMessage::Ping, "start").await? {
+async fn await_agent(instance: &mut ContainerInstance, deadline: Instant) -> Result<()> {
+    match exchange(instance, &HostMessage::Ping, "start", deadline).await? {
         AgentMessage::Pong => Ok(()),
         other => Err(Error::InstanceStart(format!(
             "the agent answered ping with {other:?}"
@@ -247,22 +325,23 @@ async fn await_agent(
 }
 
 async fn init_agent(
-    docker: &Docker,
     instance: &mut ContainerInstance,
-    spec: &FunctionSpec,
+    function: &str,
+    limits: &Limits,
     handler: &str,
     workdir: &str,
     bundle: Option<&str>,
+    deadline: Instant,
 ) -> Result<()> {
     let init = HostMessage::Init {
-        function: &spec.name,
+        function,
         handler,
         workdir,
         env: HashMap::new(),
-        max_log_bytes: spec.limits.max_log_bytes,
+        max_log_bytes: limits.max_log_bytes,
         bundle,
     };
-    match exchange(docker, instance, spec, &init, "load the function").await? {
+    match exchange(instance, &init, "load the function", deadline).await? {
         AgentMessage::Ready { .. } => Ok(()),
         AgentMessage::Error { error, logs } => Err(Error::InstanceStart(format!(
             "the function failed to load: {}{}",
@@ -279,29 +358,28 @@ async fn init_agent(
     }
 }
 
-/// Sends one setup message to the agent and returns its answer, within
-/// `INIT_TIMEOUT`; `doing` completes "the agent did not ... within N s".
+/// Sends one setup message to the agent and returns its answer by `deadline`;
+/// `doing` completes "the agent did not ... before the call's deadline".
 async fn exchange(
-    docker: &Docker,
     instance: &mut ContainerInstance,
-    spec: &FunctionSpec,
     message: &HostMessage<'_>,
     doing: &str,
+    deadline: Instant,
 ) -> Result<AgentMessage> {
-    let id = instance.id.clone();
     let io = instance.io.as_mut().expect("agent instances are attached");
     let frame = encode(message);
     io.input.write_all(&frame).await.map_err(|e| {
         Error::InstanceStart(format!("sending {} to the agent: {e}", message.kind()))
     })?;
-    match tokio::time::timeout(INIT_TIMEOUT, next_message(io)).await {
-        Err(_) => Err(Error::InstanceStart(format!(
-            "the agent did not {doing} within {} s",
-            INIT_TIMEOUT.as_secs()
+    match tokio::time::timeout_at(deadline.into(), next_message(io)).await {
+        Err(_) => Err(Error::Deadline(format!(
+            "the agent did not {doing} before the call's deadline"
         ))),
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(ended)) => Err(Error::InstanceStart(
-            ended.describe(docker, &id, spec).await,
+            ended
+                .describe(&instance.docker, &instance.id, instance.memory_mb)
+                .await,
         )),
     }
 }
@@ -315,10 +393,10 @@ enum Ended {
 }
 
 impl Ended {
-    async fn describe(&self, docker: &Docker, id: &str, spec: &FunctionSpec) -> String {
+    async fn describe(&self, docker: &Docker, id: &str, memory_mb: u64) -> String {
         match self {
             Ended::Protocol(e) => format!("the container broke the protocol: {e}"),
-            Ended::Closed => exit_reason(docker, id, spec).await,
+            Ended::Closed => exit_reason(docker, id, memory_mb).await,
         }
     }
 }
@@ -345,7 +423,7 @@ async fn next_message(io: &mut AgentIo) -> std::result::Result<AgentMessage, End
 }
 
 /// Asks the engine how a container ended: OOM, exit code, or still running.
-pub(crate) async fn exit_reason(docker: &Docker, id: &str, spec: &FunctionSpec) -> String {
+pub(crate) async fn exit_reason(docker: &Docker, id: &str, memory_mb: u64) -> String {
     // The engine may record the exit a moment after the stream closes.
     for _ in 0..20 {
         if let Ok(inspect) = docker
@@ -357,15 +435,14 @@ pub(crate) async fn exit_reason(docker: &Docker, id: &str, spec: &FunctionSpec) 
             && let Some(state) = inspect.state
         {
             if state.oom_killed == Some(true) {
-                return format!("out of memory (limit {} MiB)", spec.limits.memory_mb);
+                return format!("out of memory (limit {memory_mb} MiB)");
             }
             if state.running != Some(true) {
                 let code = state.exit_code.unwrap_or(-1);
                 // 137 = SIGKILL: with memory = memory-swap that is the OOM killer.
                 if code == 137 {
                     return format!(
-                        "out of memory (limit {} MiB): the container was killed",
-                        spec.limits.memory_mb
+                        "out of memory (limit {memory_mb} MiB): the container was killed"
                     );
                 }
                 return format!("the container exited with code {code}");
@@ -376,33 +453,40 @@ pub(crate) async fn exit_reason(docker: &Docker, id: &str, spec: &FunctionSpec) 
     "the container stopped answering".into()
 }
 
-/// Runs one call in an instance. The deadline is the caller's (`spec.limits`).
+/// Runs one call in an instance by `deadline`.
 pub(crate) async fn invoke(
     docker: &Docker,
     spec: &FunctionSpec,
     instance: &mut ContainerInstance,
     call: &CallRequest,
-) -> Result<Invocation> {
-    let deadline = spec.limits.timeout();
+    deadline: Instant,
+) -> Result<CallOutcome> {
     let ran = match instance.mode {
         RunMode::Agent => {
-            tokio::time::timeout(deadline, invoke_agent(docker, spec, instance, call)).await
+            tokio::time::timeout_at(
+                deadline.into(),
+                invoke_agent(docker, spec, instance, call, deadline),
+            )
+            .await
         }
         RunMode::Command => {
-            tokio::time::timeout(deadline, invoke_command(docker, spec, instance, call)).await
+            tokio::time::timeout_at(
+                deadline.into(),
+                invoke_command(docker, spec, instance, call),
+            )
+            .await
         }
     };
     match ran {
-        Ok(invocation) => invocation,
-        Err(_) => Ok(Invocation {
-            result: CallResult::Timeout(format!(
-                "the call ran past its deadline of {} ms",
-                spec.limits.timeout_ms
-            )),
-            output: bytes::Bytes::new(),
-            logs: take_stderr(instance),
-            reusable: false,
-        }),
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // The function is still running in there: never hand this one out again.
+            instance.spent = true;
+            Ok(CallOutcome::ended(
+                CallResult::deadline_passed("", spec.limits.timeout()),
+                take_stderr(instance),
+            ))
+        }
     }
 }
 
@@ -419,25 +503,42 @@ async fn invoke_agent(
     spec: &FunctionSpec,
     instance: &mut ContainerInstance,
     call: &CallRequest,
-) -> Result<Invocation> {
+    deadline: Instant,
+) -> Result<CallOutcome> {
     let id = instance.id.clone();
+    let memory_mb = instance.memory_mb;
     let io = instance.io.as_mut().expect("agent instances are attached");
     io.stderr.clear();
-    let input = String::from_utf8_lossy(&call.input);
-    let deadline_ms = crate::executor::unix_ms() + spec.limits.timeout_ms as i64;
+    // The handler is told the same deadline the host enforces.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let deadline_ms = crate::executor::unix_ms() + remaining.as_millis() as i64;
+    // Input travels as it came: text as is, anything else as base64, never altered.
+    let (input, input_b64) = match std::str::from_utf8(&call.input) {
+        Ok(text) => (text, None),
+        Err(_) => {
+            use base64::Engine as _;
+            (
+                "",
+                Some(base64::engine::general_purpose::STANDARD.encode(&call.input)),
+            )
+        }
+    };
     let frame = encode(&HostMessage::Run {
         id: &call.call_id,
-        input: &input,
+        input,
+        input_b64: input_b64.as_deref(),
         deadline_ms: Some(deadline_ms),
     });
-    let failed = |message: String, io: &mut AgentIo| Invocation {
-        result: CallResult::Failed(message),
-        output: bytes::Bytes::new(),
-        logs: bytes::Bytes::from(std::mem::take(&mut io.stderr)),
-        reusable: false,
-    };
+    fn failed(message: String, io: &mut AgentIo) -> CallOutcome {
+        CallOutcome::ended(
+            CallResult::Failed(message),
+            bytes::Bytes::from(std::mem::take(&mut io.stderr)),
+        )
+    }
     if let Err(e) = io.input.write_all(&frame).await {
-        let reason = exit_reason(docker, &id, spec).await;
+        instance.spent = true;
+        let reason = exit_reason(docker, &id, memory_mb).await;
+        let io = instance.io.as_mut().expect("agent instances are attached");
         return Ok(failed(
             format!("{reason} (sending the call failed: {e})"),
             io,
@@ -446,7 +547,9 @@ async fn invoke_agent(
     let message = match next_message(io).await {
         Ok(message) => message,
         Err(ended) => {
-            let reason = ended.describe(docker, &id, spec).await;
+            instance.spent = true;
+            let reason = ended.describe(docker, &id, memory_mb).await;
+            let io = instance.io.as_mut().expect("agent instances are attached");
             return Ok(failed(reason, io));
         }
     };
@@ -458,12 +561,16 @@ async fn invoke_agent(
         logs,
     } = message
     else {
+        instance.spent = true;
+        let io = instance.io.as_mut().expect("agent instances are attached");
         return Ok(failed(
             format!("the agent sent {message:?} during a call"),
             io,
         ));
     };
     if result_id != call.call_id {
+        instance.spent = true;
+        let io = instance.io.as_mut().expect("agent instances are attached");
         return Ok(failed(
             format!(
                 "the agent answered call {result_id} during call {}",
@@ -472,33 +579,33 @@ async fn invoke_agent(
             io,
         ));
     }
+    let io = instance.io.as_mut().expect("agent instances are attached");
     let mut all_logs = logs.into_bytes();
     all_logs.extend_from_slice(&io.stderr);
     all_logs.truncate(spec.limits.max_log_bytes as usize);
     io.stderr.clear();
     let output = output.unwrap_or_default();
+    // An exception or an oversized result leaves the agent healthy: the next call
+    // may use it.
     if output.len() as u64 > spec.limits.max_output_bytes {
-        return Ok(Invocation {
-            result: CallResult::Failed(format!(
+        return Ok(CallOutcome::ended(
+            CallResult::Failed(format!(
                 "output exceeds the limit of {} bytes",
                 spec.limits.max_output_bytes
             )),
-            output: bytes::Bytes::new(),
-            logs: all_logs.into(),
-            reusable: true,
-        });
+            all_logs.into(),
+        ));
     }
     let result = if ok {
         CallResult::Done
     } else {
         CallResult::Failed(error.unwrap_or_else(|| "the function failed".into()))
     };
-    Ok(Invocation {
+    Ok(CallOutcome {
         result,
         output: output.into(),
         logs: all_logs.into(),
-        // An exception leaves the agent healthy: the next call may use it.
-        reusable: true,
+        ..CallOutcome::default()
     })
 }
 
@@ -507,7 +614,7 @@ async fn invoke_command(
     spec: &FunctionSpec,
     instance: &mut ContainerInstance,
     call: &CallRequest,
-) -> Result<Invocation> {
+) -> Result<CallOutcome> {
     let exec = docker
         .create_exec(
             &instance.id,
@@ -573,12 +680,12 @@ async fn invoke_command(
         }
     }
     if overflow {
-        return Ok(Invocation {
-            result: CallResult::Failed(format!("output exceeds the limit of {max_out} bytes")),
-            output: bytes::Bytes::new(),
-            logs: stderr.into(),
-            reusable: false,
-        });
+        // The command may still be writing: this container is not reused.
+        instance.spent = true;
+        return Ok(CallOutcome::ended(
+            CallResult::Failed(format!("output exceeds the limit of {max_out} bytes")),
+            stderr.into(),
+        ));
     }
     let code = docker
         .inspect_exec(&exec.id)
@@ -596,11 +703,11 @@ async fn invoke_command(
             None => format!("exited with code {code}"),
         })
     };
-    Ok(Invocation {
+    Ok(CallOutcome {
         result,
         output: stdout.into(),
         logs: stderr.into(),
-        reusable: true,
+        ..CallOutcome::default()
     })
 }
 

@@ -17,15 +17,18 @@ mod protocol;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use bytes::Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::bundle::{BundleLimits, unpack};
 use crate::error::{Error, Result};
-use crate::executor::{CallRequest, Executor, FunctionSpec, Invocation};
+use crate::executor::{BackendHealth, CallOutcome, CallRequest, Executor, FunctionSpec};
+use crate::limits::Limits;
 
 pub use container::ContainerInstance;
 
@@ -141,19 +144,6 @@ pub struct DockerConfig {
     pub host_id: String,
 }
 
-/// What `GET /healthz` reports about the engine.
-#[derive(Clone, Debug, Serialize)]
-pub struct DockerHealth {
-    /// Whether the engine answered.
-    pub reachable: bool,
-    /// The engine's address.
-    pub address: String,
-    /// The engine's version, when reachable.
-    pub version: Option<String>,
-    /// Why it is not reachable.
-    pub error: Option<String>,
-}
-
 /// A function version ready to start containers from.
 pub struct ContainerPrepared {
     image: String,
@@ -162,13 +152,11 @@ pub struct ContainerPrepared {
     /// The validated code repacked as base64 .tar.gz, for loading into a
     /// runtime-level instance; `None` when the function needs its own image (it has
     /// requirements to install, or the runtime is in command mode).
-    stem_bundle: Option<String>,
+    generic_bundle: Option<String>,
 }
 
 /// Where a runtime-level instance unpacks the code it is given: the writable /tmp.
-const STEM_WORKDIR: &str = "/tmp/fn";
-/// How often the runtime-level pools are looked at.
-const STEM_MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const GENERIC_WORKDIR: &str = "/tmp/fn";
 
 /// Runs functions of container runtimes.
 pub struct DockerExecutor {
@@ -177,11 +165,6 @@ pub struct DockerExecutor {
     runtimes: DashMap<String, ContainerRuntime>,
     work_dir: PathBuf,
     host_id: String,
-    /// Runtime-level instances (agents waiting for `init`), by runtime.
-    stems: std::sync::Mutex<HashMap<String, Vec<ContainerInstance>>>,
-    /// The policy of each runtime's runtime-level pool.
-    stem_policies: DashMap<String, crate::policy::Policy>,
-    stem_maintainer: std::sync::Once,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -196,136 +179,32 @@ impl std::fmt::Debug for DockerExecutor {
 const DEFAULT_HANDLER: &str = "main:handler";
 
 impl DockerExecutor {
-    /// An executor for the engine in `config`. Never fails: an unreachable engine
-    /// makes container operations answer `unavailable`, nothing else.
+    /// An executor for the engine in `config`, with the built-in `python` runtime.
+    /// Never fails: an unreachable engine makes container operations answer
+    /// `unavailable`, nothing else.
     pub fn new(config: DockerConfig) -> Self {
         let address = config
             .address
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| engine::DEFAULT_HOST.to_string());
+        let python = ContainerRuntime::builtin_python();
         DockerExecutor {
             client: engine::connect(&address),
             address,
-            runtimes: DashMap::new(),
+            runtimes: DashMap::from_iter([(python.name.clone(), python)]),
             work_dir: config.work_dir,
             host_id: config.host_id,
-            stems: std::sync::Mutex::new(HashMap::new()),
-            stem_policies: DashMap::new(),
-            stem_maintainer: std::sync::Once::new(),
         }
-    }
-
-    /// Sets a runtime's policy. With `preload = runtime` its runtime-level pool keeps
-    /// `min_warm` generic containers (the agent started, no function loaded) that a
-    /// call of any function of the runtime can take; refilled in the background.
-    pub fn set_runtime_policy(self: &Arc<Self>, runtime: &str, policy: crate::policy::Policy) {
-        self.stem_policies.insert(runtime.to_string(), policy);
-        let weak = Arc::downgrade(self);
-        self.stem_maintainer.call_once(|| {
-            tokio::spawn(maintain_stems(weak));
-        });
-    }
-
-    /// How many runtime-level instances each runtime has ready.
-    pub fn stem_counts(&self) -> HashMap<String, usize> {
-        self.lock_stems()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
-    }
-
-    fn lock_stems(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ContainerInstance>>> {
-        self.stems.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// One pass of the runtime-level pools: start what is missing, remove the excess.
-    async fn maintain_stems_once(&self) {
-        for entry in self
-            .stem_policies
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect::<Vec<_>>()
-        {
-            let (name, policy) = entry;
-            let Some(runtime) = self.runtime(&name) else {
-                continue;
-            };
-            let want = if policy.preload == crate::policy::Preload::Runtime
-                && runtime.mode == RunMode::Agent
-            {
-                policy.min_warm as usize
-            } else {
-                0
-            };
-            let extra: Vec<ContainerInstance> = {
-                let mut stems = self.lock_stems();
-                let list = stems.entry(name.clone()).or_default();
-                let keep = list.len().min(want);
-                list.drain(keep..).collect()
-            };
-            if let Ok(docker) = &self.client {
-                for stem in extra {
-                    container::remove(docker, &stem.id).await;
-                }
-            }
-            let have = self.lock_stems().get(&name).map_or(0, Vec::len);
-            if have >= want {
-                continue;
-            }
-            match self.start_stem(&runtime).await {
-                Ok(stem) => self
-                    .lock_stems()
-                    .entry(name.clone())
-                    .or_default()
-                    .push(stem),
-                Err(e) => {
-                    tracing::warn!(runtime = %name, "could not start a runtime-level instance: {e}");
-                }
-            }
-        }
-    }
-
-    async fn start_stem(&self, runtime: &ContainerRuntime) -> Result<ContainerInstance> {
-        let docker = self.docker().await?;
-        self.ensure_image_on(docker, runtime).await?;
-        let spec = FunctionSpec {
-            name: format!("stem-{}", runtime.name),
-            version: 0,
-            runtime: runtime.name.clone(),
-            digest: String::new(),
-            limits: crate::limits::Limits::default(),
-        };
-        container::start(docker, &spec, runtime, &runtime.image, None, &self.host_id).await
-    }
-
-    /// Makes a runtime available (or replaces it).
-    pub fn register_runtime(&self, runtime: ContainerRuntime) {
-        self.runtimes.insert(runtime.name.clone(), runtime);
-    }
-
-    /// Forgets a runtime.
-    pub fn remove_runtime(&self, name: &str) -> bool {
-        self.runtimes.remove(name).is_some()
     }
 
     /// A registered runtime.
-    pub fn runtime(&self, name: &str) -> Option<ContainerRuntime> {
+    fn runtime(&self, name: &str) -> Option<ContainerRuntime> {
         self.runtimes.get(name).map(|r| r.clone())
-    }
-
-    /// All registered runtimes, by name.
-    pub fn runtimes(&self) -> Vec<ContainerRuntime> {
-        let mut all: Vec<_> = self.runtimes.iter().map(|r| r.clone()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
     }
 
     /// The engine, if it answers.
     async fn docker(&self) -> Result<&Docker> {
-        let docker = self
-            .client
-            .as_ref()
-            .map_err(|reason| engine::unreachable(&self.address, reason))?;
+        let docker = self.client_or_unavailable()?;
         docker
             .ping()
             .await
@@ -333,26 +212,11 @@ impl DockerExecutor {
         Ok(docker)
     }
 
-    /// Whether the engine answers, and its version.
-    pub async fn health(&self) -> DockerHealth {
-        let reachable = match &self.client {
-            Ok(docker) => docker.version().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
-        };
-        match reachable {
-            Ok(version) => DockerHealth {
-                reachable: true,
-                address: self.address.clone(),
-                version: version.version,
-                error: None,
-            },
-            Err(error) => DockerHealth {
-                reachable: false,
-                address: self.address.clone(),
-                version: None,
-                error: Some(error),
-            },
-        }
+    /// The client, without asking the engine anything.
+    fn client_or_unavailable(&self) -> Result<&Docker> {
+        self.client
+            .as_ref()
+            .map_err(|reason| engine::unreachable(&self.address, reason))
     }
 
     /// Removes every container this host started: at start, what a previous process
@@ -401,25 +265,6 @@ impl DockerExecutor {
         Ok(())
     }
 
-    /// What a deploy checks before answering: the engine answers, the runtime
-    /// exists, and the bundle unpacks safely with what the runtime needs in it. The
-    /// image itself is built afterwards.
-    pub async fn check_deploy(&self, runtime: &str, bundle: bytes::Bytes) -> Result<()> {
-        let runtime = self
-            .runtime(runtime)
-            .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
-        self.docker().await?;
-        let work_dir = self.work_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&work_dir).map_err(|e| Error::io("creating", &work_dir, e))?;
-            let scratch = tempfile::tempdir_in(&work_dir)
-                .map_err(|e| Error::io("creating a scratch directory in", &work_dir, e))?;
-            unpack_for(&runtime, &bundle, scratch.path()).map(drop)
-        })
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))?
-    }
-
     fn runtime_for(&self, spec: &FunctionSpec) -> Result<ContainerRuntime> {
         self.runtime(&spec.runtime)
             .ok_or_else(|| Error::UnknownRuntime(spec.runtime.clone()))
@@ -442,19 +287,8 @@ fn unpack_for(
     Ok(unpacked)
 }
 
-/// Keeps the runtime-level pools filled until the executor is gone.
-async fn maintain_stems(executor: std::sync::Weak<DockerExecutor>) {
-    loop {
-        match executor.upgrade() {
-            Some(executor) => executor.maintain_stems_once().await,
-            None => return,
-        }
-        tokio::time::sleep(STEM_MAINTAIN_EVERY).await;
-    }
-}
-
 /// The validated tree as base64 of a .tar.gz, what a runtime-level instance loads.
-fn stem_bundle(code_dir: &Path) -> Result<String> {
+fn generic_bundle(code_dir: &Path) -> Result<String> {
     use base64::Engine as _;
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(encoder);
@@ -520,6 +354,29 @@ impl Executor for DockerExecutor {
         self.runtimes.contains_key(runtime)
     }
 
+    /// The engine answers, and the bundle unpacks safely with what the runtime needs
+    /// in it. The image itself is built afterwards.
+    async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()> {
+        let runtime = self
+            .runtime(runtime)
+            .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
+        self.docker().await?;
+        let work_dir = self.work_dir.clone();
+        let bundle = bundle.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&work_dir).map_err(|e| Error::io("creating", &work_dir, e))?;
+            let scratch = tempfile::tempdir_in(&work_dir)
+                .map_err(|e| Error::io("creating a scratch directory in", &work_dir, e))?;
+            unpack_for(&runtime, &bundle, scratch.path()).map(drop)
+        })
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))?
+    }
+
+    fn prepares_in_background(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<ContainerPrepared> {
         let runtime = self.runtime_for(spec)?;
         let docker = self.docker().await?;
@@ -550,12 +407,12 @@ impl Executor for DockerExecutor {
         let code = scratch.path().join("code");
         std::fs::create_dir(&code).map_err(|e| Error::io("creating", &code, e))?;
         let build_runtime = runtime.clone();
-        let (context, stem) = tokio::task::spawn_blocking(move || {
+        let (context, generic) = tokio::task::spawn_blocking(move || {
             let unpacked = unpack_for(&build_runtime, &bytes, &code)?;
             // Code with requirements needs its own image; the rest can also be loaded
             // into a runtime-level instance.
-            let stem = if build_runtime.mode == RunMode::Agent && !unpacked.has_requirements {
-                Some(stem_bundle(&code)?)
+            let generic = if build_runtime.mode == RunMode::Agent && !unpacked.has_requirements {
+                Some(generic_bundle(&code)?)
             } else {
                 None
             };
@@ -565,7 +422,7 @@ impl Executor for DockerExecutor {
                 unpacked.has_requirements,
                 unpacked.has_wheels,
             )?;
-            Ok::<_, Error>((context, stem))
+            Ok::<_, Error>((context, generic))
         })
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))??;
@@ -573,7 +430,7 @@ impl Executor for DockerExecutor {
             image: tag.clone(),
             runtime: runtime.clone(),
             handler: DEFAULT_HANDLER.into(),
-            stem_bundle: stem,
+            generic_bundle: generic,
         };
         if image::image_exists(docker, &tag).await? {
             return Ok(prepared);
@@ -588,50 +445,77 @@ impl Executor for DockerExecutor {
         Ok(prepared)
     }
 
-    async fn take_prewarmed(
-        &self,
-        spec: &FunctionSpec,
-        prepared: &Arc<ContainerPrepared>,
-    ) -> Option<ContainerInstance> {
-        // Runtime-level instances are started with the default limits and no code.
-        let bundle = prepared.stem_bundle.as_ref()?;
-        if spec.limits != crate::limits::Limits::default() {
-            return None;
-        }
-        let mut stem = self.lock_stems().get_mut(&spec.runtime)?.pop()?;
-        let docker = self.client.as_ref().ok()?;
-        match container::specialise(
-            docker,
-            &mut stem,
-            spec,
-            &prepared.handler,
-            STEM_WORKDIR,
-            bundle,
-        )
-        .await
-        {
-            Ok(()) => Some(stem),
-            Err(e) => {
-                tracing::warn!(function = %spec.name, "a runtime-level instance could not load the function: {e}");
-                container::remove(docker, &stem.id).await;
-                None
-            }
-        }
-    }
-
     async fn create(
         &self,
         spec: &FunctionSpec,
         prepared: &Arc<ContainerPrepared>,
+        deadline: Instant,
     ) -> Result<ContainerInstance> {
         let docker = self.docker().await?;
         container::start(
             docker,
+            &container::Start {
+                function: &spec.name,
+                limits: &spec.limits,
+                runtime: &prepared.runtime,
+                image: &prepared.image,
+                handler: Some(&prepared.handler),
+                host_id: &self.host_id,
+            },
+            deadline,
+        )
+        .await
+    }
+
+    fn has_runtime_instances(&self, runtime: &str) -> bool {
+        self.runtime(runtime)
+            .is_some_and(|r| r.mode == RunMode::Agent)
+    }
+
+    async fn create_generic(&self, runtime: &str, deadline: Instant) -> Result<ContainerInstance> {
+        let runtime = self
+            .runtime(runtime)
+            .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
+        let docker = self.docker().await?;
+        self.ensure_image_on(docker, &runtime).await?;
+        // Generic instances are started with the default limits and no code.
+        container::start(
+            docker,
+            &container::Start {
+                function: &format!("rt-{}", runtime.name),
+                limits: &Limits::default(),
+                runtime: &runtime,
+                image: &runtime.image,
+                handler: None,
+                host_id: &self.host_id,
+            },
+            deadline,
+        )
+        .await
+    }
+
+    fn can_load(&self, spec: &FunctionSpec, prepared: &ContainerPrepared) -> bool {
+        prepared.generic_bundle.is_some() && spec.limits == Limits::default()
+    }
+
+    async fn load(
+        &self,
+        spec: &FunctionSpec,
+        prepared: &Arc<ContainerPrepared>,
+        instance: &mut ContainerInstance,
+        deadline: Instant,
+    ) -> Result<()> {
+        let bundle = prepared
+            .generic_bundle
+            .as_deref()
+            .ok_or_else(|| Error::InstanceStart("the function needs its own image".into()))?;
+        container::load(
+            instance,
             spec,
-            &prepared.runtime,
-            &prepared.image,
-            Some(&prepared.handler),
-            &self.host_id,
+            &prepared.handler,
+            GENERIC_WORKDIR,
+            bundle,
+            deadline,
         )
         .await
     }
@@ -641,18 +525,62 @@ impl Executor for DockerExecutor {
         spec: &FunctionSpec,
         instance: &mut ContainerInstance,
         call: &CallRequest,
-    ) -> Result<Invocation> {
-        let docker = self
-            .client
-            .as_ref()
-            .map_err(|reason| engine::unreachable(&self.address, reason))?;
-        container::invoke(docker, spec, instance, call).await
+        deadline: Instant,
+    ) -> Result<CallOutcome> {
+        let docker = self.client_or_unavailable()?;
+        container::invoke(docker, spec, instance, call, deadline).await
+    }
+
+    fn reusable(&self, instance: &ContainerInstance) -> bool {
+        !instance.spent
     }
 
     async fn destroy(&self, instance: ContainerInstance) {
-        if let Ok(docker) = &self.client {
-            container::remove(docker, &instance.id).await;
+        instance.remove().await;
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let reachable = match &self.client {
+            Ok(docker) => docker.version().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        match reachable {
+            Ok(version) => BackendHealth {
+                reachable: true,
+                address: self.address.clone(),
+                version: version.version,
+                error: None,
+            },
+            Err(error) => BackendHealth {
+                reachable: false,
+                address: self.address.clone(),
+                version: None,
+                error: Some(error),
+            },
         }
+    }
+
+    fn runtimes(&self) -> Vec<ContainerRuntime> {
+        let mut all: Vec<_> = self.runtimes.iter().map(|r| r.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    fn takes_runtimes(&self) -> bool {
+        true
+    }
+
+    async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()> {
+        runtime.validate()?;
+        if check {
+            self.ensure_runtime_image(&runtime).await?;
+        }
+        self.runtimes.insert(runtime.name.clone(), runtime);
+        Ok(())
+    }
+
+    fn remove_runtime(&self, name: &str) -> bool {
+        self.runtimes.remove(name).is_some()
     }
 }
 

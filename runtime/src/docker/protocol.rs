@@ -28,10 +28,13 @@ pub(crate) enum HostMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         bundle: Option<&'a str>,
     },
-    /// Run one call. `input` is the raw input; the agent parses it as JSON.
+    /// Run one call. `input` is the raw input when it is UTF-8; otherwise it is
+    /// empty and `input_b64` carries the exact bytes. The agent parses it as JSON.
     Run {
         id: &'a str,
         input: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        input_b64: Option<&'a str>,
         deadline_ms: Option<i64>,
     },
 }
@@ -209,6 +212,7 @@ mod tests {
         let f = encode(&HostMessage::Run {
             id: "c1",
             input: "{}",
+            input_b64: None,
             deadline_ms: None,
         });
         let len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;

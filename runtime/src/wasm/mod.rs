@@ -15,10 +15,11 @@ mod cache;
 mod pipes;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
@@ -29,7 +30,9 @@ use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::cas::Digest;
 use crate::error::{Error, Result};
-use crate::executor::{CallRequest, CallResult, Executor, FunctionSpec, Invocation};
+use crate::executor::{
+    BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec,
+};
 use crate::limits::MAX_MEMORY_MB;
 use pipes::{CappedPipe, Overflow};
 
@@ -271,6 +274,17 @@ impl Executor for WasmExecutor {
         true
     }
 
+    async fn check_bundle(&self, _runtime: &str, bundle: &Bytes) -> Result<()> {
+        if !bundle.starts_with(b"\0asm") {
+            return Err(Error::InvalidBundle(
+                "the body is not a WebAssembly module (it does not start with \\0asm): send \
+                 the .wasm file built for wasm32-wasip1"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<WasmPrepared> {
         let digest = Digest::parse(&spec.digest)
             .ok_or_else(|| Error::InvalidBundle(format!("bad digest {:?}", spec.digest)))?;
@@ -307,6 +321,7 @@ impl Executor for WasmExecutor {
         &self,
         spec: &FunctionSpec,
         prepared: &Arc<WasmPrepared>,
+        deadline: Instant,
     ) -> Result<WasmInstance> {
         let mut store = Store::new(
             &self.engine,
@@ -319,28 +334,38 @@ impl Executor for WasmExecutor {
             },
         );
         store.limiter(|g| &mut g.limiter);
-        // No deadline while instantiating: the call's deadline starts with the call.
-        store.set_epoch_deadline(u64::MAX / 2);
-        let instance = prepared
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| {
-                if let Some(asked) = store.data().limiter.denied {
-                    Error::InvalidBundle(format!(
-                        "the module's initial memory ({} MiB) is above its memory limit of {} MiB",
-                        asked >> 20,
-                        spec.limits.memory_mb
+        // A start function is the guest's code too: it yields at every epoch tick and
+        // is stopped at the call's deadline, so a looping one cannot pin a worker.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        let instantiated =
+            tokio::time::timeout_at(deadline.into(), prepared.pre.instantiate_async(&mut store))
+                .await
+                .map_err(|_| {
+                    Error::Deadline(format!(
+                        "the call ran past its deadline of {} ms while the module's start \
+                         function ran",
+                        spec.limits.timeout_ms
                     ))
-                } else if e.to_string().contains("maximum concurrent") {
-                    Error::AtCapacity {
-                        function: spec.name.clone(),
-                        reason: format!("all {POOL_SLOTS} wasm instance slots are in use"),
-                    }
-                } else {
-                    Error::Internal(anyhow::anyhow!("instantiating: {e:#}"))
+                })?;
+        let instance = instantiated.map_err(|e| {
+            if let Some(asked) = store.data().limiter.denied {
+                Error::InvalidBundle(format!(
+                    "the module's memory ({} MiB) is above its memory limit of {} MiB",
+                    asked >> 20,
+                    spec.limits.memory_mb
+                ))
+            } else if e.to_string().contains("maximum concurrent") {
+                Error::AtCapacity {
+                    function: spec.name.clone(),
+                    reason: format!("all {POOL_SLOTS} wasm instance slots are in use"),
                 }
-            })?;
+            } else if let Some(trap) = e.downcast_ref::<Trap>() {
+                Error::InstanceStart(format!("the module's start function trapped: {trap}"))
+            } else {
+                Error::Internal(anyhow::anyhow!("instantiating: {e:#}"))
+            }
+        })?;
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
             .map_err(wasm_internal)?;
@@ -352,7 +377,8 @@ impl Executor for WasmExecutor {
         spec: &FunctionSpec,
         instance: &mut WasmInstance,
         call: &CallRequest,
-    ) -> Result<Invocation> {
+        deadline: Instant,
+    ) -> Result<CallOutcome> {
         let limits = &spec.limits;
         let stdout = CappedPipe::new(limits.max_output_bytes as usize, Overflow::Trap);
         let stderr = CappedPipe::new(limits.max_log_bytes as usize, Overflow::Truncate);
@@ -369,30 +395,30 @@ impl Executor for WasmExecutor {
         let store = &mut instance.store;
         store.data_mut().wasi = wasi;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
 
         // The deadline is enforced here, not by an epoch trap: dropping the call's
         // future also stops a guest blocked in a host call (e.g. sleeping in
         // `poll_oneoff`), which no trap inside wasm could reach.
         let ran =
-            tokio::time::timeout(limits.timeout(), instance.start.call_async(&mut *store, ()))
+            tokio::time::timeout_at(deadline.into(), instance.start.call_async(&mut *store, ()))
                 .await;
 
         let result = match ran {
-            Err(_elapsed) => CallResult::Timeout(format!(
-                "the call ran past its deadline of {} ms",
-                limits.timeout_ms
-            )),
+            Err(_elapsed) => CallResult::deadline_passed("", limits.timeout()),
             Ok(Ok(())) => CallResult::Done,
             Ok(Err(e)) => classify_failure(&e, &stdout, &stderr, store.data(), limits.memory_mb),
         };
-        Ok(Invocation {
+        Ok(CallOutcome {
             result,
             output: stdout.contents(),
             logs: stderr.contents(),
-            // A WASI command's instance is spent once `_start` has run.
-            reusable: false,
+            ..CallOutcome::default()
         })
+    }
+
+    fn reusable(&self, _instance: &WasmInstance) -> bool {
+        // A WASI command's instance is spent once `_start` has run.
+        false
     }
 
     async fn destroy(&self, instance: WasmInstance) {
@@ -401,6 +427,15 @@ impl Executor for WasmExecutor {
 
     fn destroying_is_cheap(&self) -> bool {
         true
+    }
+
+    async fn health(&self) -> BackendHealth {
+        BackendHealth {
+            reachable: true,
+            address: "in-process".into(),
+            version: None,
+            error: None,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 # newt's everyday commands. `make run` starts a server with the examples deployed;
-# `make test` runs the whole suite (what CI runs, after `make lint`).
+# `make test` runs the whole suite (what CI runs, after `make lint`). Both start with
+# scripts/setup.sh: it adds the wasm32-wasip1 target if missing and says at once when
+# debootstrap or the Docker engine is missing (python functions then answer 503).
 
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -7,20 +9,24 @@ GUESTS := -p dice -p hello -p fs-probe
 WASM := $(TARGET_DIR)/wasm32-wasip1/release
 LISTEN ?= 127.0.0.1:7878
 
-.PHONY: run test lint bench bench-report guests
+.PHONY: setup run test lint bench bench-report guests
+
+# Ready the machine: the wasm32-wasip1 target, and warnings for what python needs.
+setup:
+	@scripts/setup.sh
 
 # The Rust guests (examples and test guests), built for wasm32-wasip1.
-guests:
+guests: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(GUESTS)
 
 # Build newt (release) and serve on $(LISTEN) with the examples deployed.
-run: guests
+run: setup guests
 	$(CARGO) build --release -p newt-host
 	$(TARGET_DIR)/release/newt serve --listen $(LISTEN) \
 		--deploy dice=$(WASM)/dice.wasm --deploy hello=$(WASM)/hello.wasm
 
 # Unit tests and end-to-end tests against the real binary.
-test: guests
+test: setup guests
 	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s runtimes/python -p 'test_*.py'
 	$(CARGO) build -p newt-host
 	$(CARGO) test --workspace

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// Where the SDK sits relative to this crate in the newt source tree. A scaffold built
-/// by a `newt` from a source checkout points at that checkout's SDK; a `newt` installed
-/// elsewhere needs `--sdk` (or `NEWT_SDK_PATH`) until newt-sdk is published.
+/// Where the SDK sits relative to this crate in the newt source tree. A scaffold made
+/// inside a newt checkout points at that checkout's `sdk/`; elsewhere it points at the
+/// SDK of the source tree this `newt` was built from. A `newt` installed elsewhere needs
+/// `--sdk` (or `NEWT_SDK_PATH`) until newt-sdk is published.
 const SOURCE_TREE_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
 
 /// Longest function name: fits in a DNS label, a container label and a file name.
@@ -28,7 +29,8 @@ pub struct NewArgs {
     /// Parent directory
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Path to the newt-sdk crate (default: the SDK of the source tree this newt was built from)
+    /// Path to the newt-sdk crate (default: the `sdk/` of the newt checkout the function
+    /// is created in, else of the source tree this newt was built from)
     #[arg(long, env = "NEWT_SDK_PATH")]
     pub sdk: Option<PathBuf>,
 }
@@ -48,7 +50,10 @@ pub fn run(args: NewArgs) -> Result<()> {
         Lang::Rust => {
             let sdk = match &args.sdk {
                 Some(path) => sdk_path(path)?,
-                None => default_sdk_path()?,
+                None => match enclosing_checkout_sdk(&args.dir) {
+                    Some(sdk) => sdk,
+                    None => default_sdk_path()?,
+                },
             };
             scaffold_rust(&crate_dir, &args.name, &sdk)?;
         }
@@ -89,7 +94,31 @@ fn validate_function_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The default SDK: the one in the source tree this binary was built from.
+/// The SDK of the newt checkout `dir` lies in: the nearest ancestor of `dir` (which
+/// need not exist yet) with an `sdk/` holding the newt-sdk crate.
+///
+/// Checked before the build-time source tree because one `newt` binary often serves
+/// several checkouts (worktrees sharing a `CARGO_TARGET_DIR`): a function made inside
+/// one of them must build against that checkout's SDK, not whichever built the binary.
+fn enclosing_checkout_sdk(dir: &Path) -> Option<PathBuf> {
+    let dir = std::path::absolute(dir).ok()?;
+    dir.ancestors()
+        .map(|ancestor| ancestor.join("sdk"))
+        .find(|sdk| is_newt_sdk(sdk))?
+        .canonicalize()
+        .ok()
+}
+
+/// Whether `dir` is the newt-sdk crate's directory.
+fn is_newt_sdk(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|manifest| {
+        manifest
+            .lines()
+            .any(|line| line.trim() == r#"name = "newt-sdk""#)
+    })
+}
+
+/// The fallback SDK: the one in the source tree this binary was built from.
 fn default_sdk_path() -> Result<PathBuf> {
     let path = Path::new(SOURCE_TREE_SDK);
     match path.canonicalize() {
@@ -160,7 +189,7 @@ fn create_new_dir(dir: &Path) -> Result<()> {
 fn write_rust_files(crate_dir: &Path, name: &str, sdk: &str) -> Result<()> {
     let files = [
         ("Cargo.toml", rust_cargo_toml(name, sdk)),
-        ("src/main.rs", RUST_MAIN.replace("{{name}}", name)),
+        ("src/main.rs", rust_main(name)),
         (".gitignore", "/target\n".to_string()),
     ];
     for (relative, contents) in files {
@@ -216,73 +245,28 @@ fn toml_string(s: &str) -> String {
     quoted
 }
 
-/// `src/main.rs` of a new Rust function; `{{name}}` is replaced by the function name.
-const RUST_MAIN: &str = r#"//! {{name}}: a newt function.
-//!
-//! Input `{"name": "x"}` (the name, and the whole body, may be left out); output
-//! `{"greeting": "Hello, x!"}`. Build with `newt build`, test with `cargo test`.
+/// `examples/hello/src/main.rs`, the function `make run` deploys and the end-to-end
+/// tests call: a new Rust function starts as a copy of it, so the two cannot drift.
+const HELLO_MAIN: &str = include_str!("../../../examples/hello/src/main.rs");
 
-use serde::{Deserialize, Serialize};
+/// How `HELLO_MAIN` names itself in its first line; the copy names the new function.
+const HELLO_TITLE: &str = "//! hello:";
 
-#[derive(Debug, Default, Deserialize)]
-struct Input {
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Debug, PartialEq, Serialize)]
-struct Output {
-    greeting: String,
-}
-
-/// Returning `Err` fails the call with that message.
-fn handler(input: Option<Input>) -> Result<Output, String> {
-    let name = input.unwrap_or_default().name;
-    let name = name.as_deref().unwrap_or("world");
-    if name.trim().is_empty() {
-        return Err("name must not be blank".to_string());
+/// `src/main.rs` of a new Rust function `name`: the hello example, retitled.
+fn rust_main(name: &str) -> String {
+    match HELLO_MAIN.strip_prefix(HELLO_TITLE) {
+        Some(rest) => format!("//! {name}:{rest}"),
+        None => HELLO_MAIN.to_string(),
     }
-    // stderr becomes the call's logs.
-    eprintln!("greeting {name}");
-    Ok(Output {
-        greeting: format!("Hello, {name}!"),
-    })
-}
-
-fn main() {
-    newt_sdk::run(handler)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn greets_by_name() {
-        let input = Input {
-            name: Some("x".to_string()),
-        };
-        assert_eq!(handler(Some(input)).unwrap().greeting, "Hello, x!");
-    }
-
-    #[test]
-    fn greets_the_world_without_input() {
-        assert_eq!(handler(None).unwrap().greeting, "Hello, world!");
-    }
-
-    #[test]
-    fn refuses_a_blank_name() {
-        let input = Input {
-            name: Some(" ".to_string()),
-        };
-        assert!(handler(Some(input)).is_err());
-    }
-}
-"#;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
+    use newt_runtime::{
+        CallOutcome, CallRequest, CallResult, Cas, FunctionSpec, Invoker, Limits, WasmConfig,
+        WasmExecutor,
+    };
 
     #[test]
     fn valid_function_names() {
@@ -371,14 +355,59 @@ mod tests {
             );
         }
 
+        // The hello example, byte for byte, but for the name in its first line.
         let main = fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
-        assert!(main.starts_with("//! greeter: a newt function."), "{main}");
-        assert!(main.contains("newt_sdk::run(handler)"), "{main}");
-        assert!(main.contains("#[cfg(test)]"), "{main}");
-        assert!(!main.contains("{{name}}"), "{main}");
+        let (title, body) = main.split_once('\n').unwrap();
+        assert!(title.starts_with("//! greeter: "), "{main}");
+        assert_eq!(body, HELLO_MAIN.split_once('\n').unwrap().1);
 
         let gitignore = fs::read_to_string(crate_dir.join(".gitignore")).unwrap();
         assert_eq!(gitignore, "/target\n");
+    }
+
+    #[test]
+    fn the_template_is_the_hello_example() {
+        assert!(HELLO_MAIN.starts_with(HELLO_TITLE), "{HELLO_MAIN}");
+        assert!(
+            HELLO_MAIN.contains("newt_sdk::run(handler)"),
+            "{HELLO_MAIN}"
+        );
+        assert_eq!(rust_main("hello"), HELLO_MAIN);
+        assert!(rust_main("greeter").starts_with("//! greeter: "));
+    }
+
+    #[test]
+    fn a_function_made_inside_a_checkout_uses_that_checkouts_sdk() {
+        // Anywhere inside this source tree (even a directory not made yet) finds its sdk/.
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            enclosing_checkout_sdk(&here.join("not/made/yet")),
+            Some(default_sdk_path().unwrap())
+        );
+
+        // Another checkout (a second worktree, say) gets its own SDK, not the one of the
+        // tree this newt was built from.
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join("sdk")).unwrap();
+        fs::write(
+            other.path().join("sdk/Cargo.toml"),
+            "[package]\nname = \"newt-sdk\"\n",
+        )
+        .unwrap();
+        let mut args = new_args("greeter", &other.path().join("functions"));
+        args.sdk = None;
+        run(args).unwrap();
+        let cargo_toml =
+            fs::read_to_string(other.path().join("functions/greeter/Cargo.toml")).unwrap();
+        let sdk = other.path().join("sdk").canonicalize().unwrap();
+        let expected = format!(
+            "newt-sdk = {{ path = {} }}",
+            toml_string(sdk.to_str().unwrap())
+        );
+        assert!(
+            cargo_toml.contains(&expected),
+            "{expected}\n---\n{cargo_toml}"
+        );
     }
 
     #[test]
@@ -420,33 +449,75 @@ mod tests {
         assert_eq!(toml_string("a\nb"), r#""a\u000Ab""#);
     }
 
-    /// The scaffold builds for wasm32-wasip1 and its own tests pass. Slow (it compiles
-    /// serde for two targets) and needs crates.io or a warm cargo cache, so opt in:
-    /// `cargo test -p newt-host commands::new -- --ignored`.
+    /// A new function passes its own tests, builds for wasm32-wasip1 and answers on
+    /// newt's engine. It compiles serde and serde_json for the host and for
+    /// wasm32-wasip1, so it needs that target and the crate registry (or a warm cargo
+    /// cache), as `make test` does.
     #[test]
-    #[ignore = "compiles serde for wasm32-wasip1; run with --ignored"]
-    fn scaffold_builds_to_wasm_and_passes_its_tests() {
+    fn scaffold_passes_its_tests_builds_to_wasm_and_answers() {
         let parent = tempfile::tempdir().unwrap();
         run(new_args("greeter", parent.path())).unwrap();
         let crate_dir = parent.path().join("greeter");
         let target_dir = parent.path().join("target");
 
-        let status = std::process::Command::new("cargo")
-            .arg("test")
-            .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo test in the scaffold: {status}");
+        cargo_in(&crate_dir, &target_dir, &["test"]);
+        cargo_in(
+            &crate_dir,
+            &target_dir,
+            &["build", "--release", "--target", "wasm32-wasip1"],
+        );
+        let wasm = fs::read(target_dir.join("wasm32-wasip1/release/greeter.wasm")).unwrap();
 
-        let status = std::process::Command::new("cargo")
-            .args(["build", "--release", "--target", "wasm32-wasip1"])
-            .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(invoke_in_process(&parent.path().join("home"), &wasm))
             .unwrap();
-        assert!(status.success(), "cargo build in the scaffold: {status}");
-        let wasm = target_dir.join("wasm32-wasip1/release/greeter.wasm");
-        assert_eq!(&fs::read(&wasm).unwrap()[..4], b"\0asm");
+        assert_eq!(outcome.result, CallResult::Done, "{outcome:?}");
+        assert_eq!(&outcome.output[..], br#"{"greeting":"Hello, x!"}"#);
+    }
+
+    /// Runs the cargo that runs these tests with `args` in `dir`; its output is shown
+    /// only when it fails.
+    fn cargo_in(dir: &Path, target_dir: &Path, args: &[&str]) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .args(args)
+            .current_dir(dir)
+            .env("CARGO_TARGET_DIR", target_dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo {} in the scaffold: {}\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+
+    /// Calls `wasm` once with `{"name":"x"}` on newt's engine, with `home` for its store.
+    async fn invoke_in_process(home: &Path, wasm: &[u8]) -> anyhow::Result<CallOutcome> {
+        let cas = Cas::open(home.join("cas"))?;
+        let digest = cas.put(wasm)?;
+        let executor = WasmExecutor::new(WasmConfig {
+            cache_dir: home.join("cache"),
+            pooling: false,
+        })?;
+        let invoker = Invoker::new(cas).with_executor(executor);
+        let spec = FunctionSpec {
+            name: "greeter".into(),
+            version: 1,
+            runtime: "wasm".into(),
+            digest: digest.to_string(),
+            limits: Limits::default(),
+        };
+        let request = CallRequest {
+            call_id: "scaffold".into(),
+            input: bytes::Bytes::from_static(br#"{"name":"x"}"#),
+        };
+        Ok(invoker.invoke(&spec, request).await?)
     }
 }

@@ -368,6 +368,9 @@ class Agent:
     def run(self, message):
         call_id = field(message, "id", str, required=True)
         raw_input = field(message, "input", str, "")
+        # Input that is not UTF-8 comes as base64 of its exact bytes: the host never
+        # alters it, and json.loads says why it is not JSON.
+        raw_b64 = field(message, "input_b64", str)
         deadline_ms = field(message, "deadline_ms", (int, float))
 
         def failed(error, logs=""):
@@ -376,6 +379,9 @@ class Agent:
         if self.handler is None:
             return failed("the agent has no function: send init first")
         try:
+            if raw_b64 is not None:
+                import base64  # only needed here; see unpack_bundle
+                raw_input = base64.b64decode(raw_b64, validate=True)
             event = json.loads(raw_input) if raw_input.strip() else None
         except ValueError as error:
             return failed(f"input is not valid JSON: {error}")

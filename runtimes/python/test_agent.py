@@ -242,6 +242,17 @@ class AgentTest(unittest.TestCase):
         self.assertFalse(reply["ok"])
         self.assertTrue(reply["error"].startswith("input is not valid JSON: "), reply["error"])
 
+    def test_input_that_is_not_utf8_arrives_unaltered_and_is_refused(self):
+        agent = self.ready("def handler(event):\n    return event\n")
+        raw = base64.b64encode(b'"\xff\xfe"').decode()
+        reply = agent.request({"type": "run", "id": "b", "input": "", "input_b64": raw})
+        self.assertFalse(reply["ok"])
+        self.assertTrue(reply["error"].startswith("input is not valid JSON: "), reply["error"])
+        # Valid JSON in base64 is the same call as in text.
+        ok = agent.request({"type": "run", "id": "c", "input": "",
+                            "input_b64": base64.b64encode('{"a": "é"}'.encode()).decode()})
+        self.assertEqual(json.loads(ok["output"]), {"a": "é"})
+
     def test_non_serialisable_return(self):
         agent = self.ready("def handler(event):\n    return {1, 2}\n")
         reply = agent.run("{}")

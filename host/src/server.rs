@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
-use crate::store::{CallRecord, CallStatus, FunctionVersion, Store};
+use crate::store::{CallRecord, CallStatus, FunctionVersion, SharedStore, VersionStatus};
 
 /// Limits and settings of a running server.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct ServerConfig {
 /// Everything the handlers share.
 pub struct AppState {
     /// Durable state.
-    pub store: Store,
+    pub store: SharedStore,
     /// The engine.
     pub invoker: Invoker,
     /// The newest version of every function (what `GET` shows), loaded at start.
@@ -72,13 +72,6 @@ pub struct FunctionConfig {
 /// The name under which the wasm runtime's policy is kept in the runtimes table.
 pub const WASM_RUNTIME: &str = "wasm";
 
-/// A version that calls can run.
-pub const STATUS_READY: &str = "ready";
-/// A container function version whose image is being built.
-pub const STATUS_PENDING: &str = "pending";
-/// A version whose build failed; `status_message` says why.
-pub const STATUS_FAILED: &str = "failed";
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -109,8 +102,8 @@ pub fn spec_of(version: &FunctionVersion) -> FunctionSpec {
 impl AppState {
     /// State over an opened store and a ready invoker; loads the functions and the
     /// registered container runtimes.
-    pub fn new(
-        store: Store,
+    pub async fn new(
+        store: SharedStore,
         invoker: Invoker,
         docker: Arc<DockerExecutor>,
         config: ServerConfig,
@@ -122,7 +115,7 @@ impl AppState {
             python.policy.clone().unwrap_or_default(),
         );
         docker.register_runtime(python.clone());
-        for definition in store.runtimes()? {
+        for definition in store.runtimes().await? {
             let name = definition["name"].as_str().unwrap_or_default().to_string();
             let policy = serde_json::from_value::<Policy>(definition["policy"].clone()).ok();
             if name == WASM_RUNTIME || name == python.name {
@@ -145,14 +138,15 @@ impl AppState {
         }
         let functions = DashMap::new();
         let serving = DashMap::new();
-        for version in store.current_versions()? {
-            let ready = if version.status == STATUS_READY {
+        for version in store.current_versions().await? {
+            let ready = if version.status == VersionStatus::Ready {
                 Some(version.clone())
             } else {
                 store
-                    .versions(&version.name)?
+                    .versions(&version.name)
+                    .await?
                     .into_iter()
-                    .find(|v| v.status == STATUS_READY)
+                    .find(|v| v.status == VersionStatus::Ready)
             };
             if let Some(ready) = ready {
                 serving.insert(ready.name.clone(), ready);
@@ -240,7 +234,7 @@ impl AppState {
                 record.error = error;
                 record.output = Some(outcome.output.to_vec());
                 record.logs = outcome.logs.to_vec();
-                record.start = Some(outcome.start.as_str().to_string());
+                record.start = Some(outcome.start);
                 record.queue_us = Some(outcome.timings.queue.as_micros() as i64);
                 record.init_us = Some(outcome.timings.init.as_micros() as i64);
                 record.exec_us = Some(outcome.timings.exec.as_micros() as i64);
@@ -343,39 +337,37 @@ impl AppState {
         // for the image checks and unpacking again.
         let built = self.invoker.preload(&spec).await;
         let (status, message) = match &built {
-            Ok(()) => (STATUS_READY, None),
-            Err(e) => (STATUS_FAILED, Some(e.to_string())),
+            Ok(()) => (VersionStatus::Ready, None),
+            Err(e) => (VersionStatus::Failed, Some(e.to_string())),
         };
         tracing::info!(
             function = %version.name,
             version = version.version,
-            status,
+            status = status.as_str(),
             secs = started.elapsed().as_secs_f32(),
             "build finished"
         );
-        let store = self.store.clone();
-        let (name, number, text) = (version.name.clone(), version.version, message.clone());
-        let saved = tokio::task::spawn_blocking(move || {
-            store.set_version_status(&name, number, status, text.as_deref())
-        })
-        .await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::error!(function = %version.name, "could not record the build status: {saved:?}");
+        let saved = self
+            .store
+            .set_version_status(&version.name, version.version, status, message.as_deref())
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(function = %version.name, "could not record the build status: {e:#}");
         }
         let mut version = version;
-        version.status = status.to_string();
+        version.status = status;
         version.status_message = message;
         // Only if no newer deploy or delete happened meanwhile.
         let _guard = self.deploy_lock.lock().await;
         let newest = self.functions.get(&version.name).map(|f| f.version);
         if newest == Some(version.version) {
             self.functions.insert(version.name.clone(), version.clone());
-            if status == STATUS_READY {
+            if status == VersionStatus::Ready {
                 self.serving.insert(version.name.clone(), version.clone());
             }
         }
         drop(_guard);
-        if status == STATUS_READY {
+        if status == VersionStatus::Ready {
             self.apply_policy(&version.name);
         }
         version
@@ -383,8 +375,8 @@ impl AppState {
 
     /// At start: fails calls a dead process left running and runs the accepted async
     /// calls that never started.
-    pub fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        let recovery = self.store.recover()?;
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let recovery = self.store.recover().await?;
         if recovery.interrupted > 0 {
             tracing::warn!(
                 calls = recovery.interrupted,
@@ -405,7 +397,7 @@ impl AppState {
         }
         // Builds a dead process left unfinished start again.
         for function in self.functions.iter() {
-            if function.status == STATUS_PENDING {
+            if function.status == VersionStatus::Pending {
                 let (state, version) = (self.clone(), function.clone());
                 tokio::spawn(async move { state.build_version(version).await });
             }

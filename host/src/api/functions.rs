@@ -12,10 +12,8 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
-use crate::server::{
-    FunctionConfig, STATUS_FAILED, STATUS_PENDING, STATUS_READY, SharedState, config_of, spec_of,
-};
-use crate::store::FunctionVersion;
+use crate::server::{FunctionConfig, SharedState, config_of, spec_of};
+use crate::store::{FunctionVersion, VersionStatus};
 
 /// The runtime of functions deployed without `?runtime=`.
 const DEFAULT_RUNTIME: &str = "wasm";
@@ -65,8 +63,8 @@ pub fn serving(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
         return Ok(ready.clone());
     }
     let newest = current(state, name)?;
-    Err(match newest.status.as_str() {
-        STATUS_PENDING => ApiError::Conflict(format!(
+    Err(match newest.status {
+        VersionStatus::Pending => ApiError::Conflict(format!(
             "function `{name}` is still being built: retry when GET /v1/functions/{name} \
              says ready"
         )),
@@ -331,7 +329,7 @@ pub async fn deploy_bundle(
     if let Some(existing) = previous
         && existing.digest == digest.as_str()
         && existing.runtime == runtime
-        && existing.status != STATUS_FAILED
+        && existing.status != VersionStatus::Failed
         && config_of(&existing) == wanted
     {
         return Ok((StatusCode::OK, existing));
@@ -350,16 +348,14 @@ pub async fn deploy_bundle(
         state.invoker.validate(&candidate).await?;
     }
     let status = if is_wasm {
-        STATUS_READY
+        VersionStatus::Ready
     } else {
-        STATUS_PENDING
+        VersionStatus::Pending
     };
-    let store = state.store.clone();
-    let (n, r, d) = (name.to_string(), runtime.to_string(), digest.to_string());
-    let version =
-        tokio::task::spawn_blocking(move || store.add_version(&n, &r, &d, size, &config, status))
-            .await
-            .map_err(|e| anyhow::anyhow!("recording the version: {e}"))??;
+    let version = state
+        .store
+        .add_version(name, runtime, digest.as_str(), size, &config, status)
+        .await?;
     state.functions.insert(name.to_string(), version.clone());
     if is_wasm {
         state.serving.insert(name.to_string(), version.clone());
@@ -372,8 +368,8 @@ pub async fn deploy_bundle(
     }
     if wait {
         let built = state.build_version(version).await;
-        return match built.status.as_str() {
-            STATUS_READY => Ok((StatusCode::CREATED, built)),
+        return match built.status {
+            VersionStatus::Ready => Ok((StatusCode::CREATED, built)),
             _ => Err(ApiError::InvalidBundle(
                 built
                     .status_message
@@ -443,15 +439,10 @@ pub async fn patch(
         targets.push(serving);
     }
     for mut version in targets {
-        let (store, n, v, c) = (
-            state.store.clone(),
-            name.clone(),
-            version.version,
-            value.clone(),
-        );
-        tokio::task::spawn_blocking(move || store.set_version_config(&n, v, &c))
-            .await
-            .map_err(|e| anyhow::anyhow!("saving the policy: {e}"))??;
+        state
+            .store
+            .set_version_config(&name, version.version, &value)
+            .await?;
         version.config = value.clone();
         if state
             .functions
@@ -509,11 +500,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let function = current(&state, &name)?;
-    let store = state.store.clone();
-    let n = name.clone();
-    let versions = tokio::task::spawn_blocking(move || store.versions(&n))
-        .await
-        .map_err(|e| anyhow::anyhow!("reading versions: {e}"))??;
+    let versions = state.store.versions(&name).await?;
     let mut body = function_json(&function);
     body["policy"] = json!(state.effective_policy(&function));
     body["policy_overrides"] = Value::Object(config_of(&function).policy);
@@ -540,11 +527,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     current(&state, &name)?;
     let _guard = state.deploy_lock.lock().await;
-    let store = state.store.clone();
-    let n = name.clone();
-    tokio::task::spawn_blocking(move || store.delete_function(&n))
-        .await
-        .map_err(|e| anyhow::anyhow!("deleting: {e}"))??;
+    state.store.delete_function(&name).await?;
     state.functions.remove(&name);
     state.serving.remove(&name);
     state.invoker.remove(&name);

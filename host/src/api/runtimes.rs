@@ -34,12 +34,8 @@ pub async fn register(
         )));
     }
     state.docker.ensure_runtime_image(&runtime).await?;
-    let store = state.store.clone();
     let definition = serde_json::to_value(&runtime).map_err(anyhow::Error::from)?;
-    let name = runtime.name.clone();
-    tokio::task::spawn_blocking(move || store.put_runtime(&name, &definition))
-        .await
-        .map_err(|e| anyhow::anyhow!("saving the runtime: {e}"))??;
+    state.store.put_runtime(&runtime.name, &definition).await?;
     state.docker.register_runtime(runtime.clone());
     let policy = runtime.policy.clone().unwrap_or_default();
     state
@@ -123,11 +119,7 @@ pub async fn patch(
         }
         None => json!({ "name": WASM_RUNTIME, "policy": policy }),
     };
-    let store = state.store.clone();
-    let n = name.clone();
-    tokio::task::spawn_blocking(move || store.put_runtime(&n, &definition))
-        .await
-        .map_err(|e| anyhow::anyhow!("saving the runtime policy: {e}"))??;
+    state.store.put_runtime(&name, &definition).await?;
     state.runtime_policies.insert(name.clone(), policy.clone());
     if !is_wasm {
         state.docker.set_runtime_policy(&name, policy.clone());
@@ -171,11 +163,7 @@ pub async fn delete(
             users.join(", ")
         )));
     }
-    let store = state.store.clone();
-    let n = name.clone();
-    tokio::task::spawn_blocking(move || store.delete_runtime(&n))
-        .await
-        .map_err(|e| anyhow::anyhow!("deleting the runtime: {e}"))??;
+    state.store.delete_runtime(&name).await?;
     state.docker.remove_runtime(&name);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,8 @@ pub struct CallsArgs {
     /// Only calls of this function.
     #[arg(long)]
     pub function: Option<String>,
-    /// Only calls in this status: pending, running, done, failed, timeout.
+    /// Only calls in this status: pending, running, done, failed, timeout,
+    /// cancelled.
     #[arg(long)]
     pub status: Option<String>,
     /// How many calls (1-1000).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 use crate::server::{AppState, ServerConfig};
-use crate::store::Store;
+use crate::store::{SharedStore, SqliteStore};
 
 /// The address `newt serve` binds unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -118,7 +118,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&home)
         .with_context(|| format!("creating newt's home {}", home.display()))?;
-    let store = Store::open(&home.join("newt.db"))?;
+    let store: SharedStore = Arc::new(SqliteStore::open(&home.join("newt.db"))?);
     let cas = Cas::open(home.join("cas")).context("opening the content store")?;
     let wasm = WasmExecutor::new(WasmConfig {
         cache_dir: home.join("cache"),
@@ -142,13 +142,8 @@ async fn serve(
     };
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
-    let state = Arc::new(AppState::new(
-        store.clone(),
-        invoker,
-        docker.clone(),
-        config,
-    )?);
-    state.recover()?;
+    let state = Arc::new(AppState::new(store.clone(), invoker, docker.clone(), config).await?);
+    state.recover().await?;
     let app = crate::api::app(state.clone());
 
     for (name, path) in &deploys {

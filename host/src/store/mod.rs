@@ -1,0 +1,133 @@
+//! The host's durable state, behind the [`Store`] trait.
+//!
+//! The store holds three things:
+//! - **function versions**: every deployed version of every function, with its bundle
+//!   digest, config (limits and policy, opaque JSON) and build status. Deleting a
+//!   function hides its versions; their numbers are never reused for that name.
+//! - **runtimes**: the container runtimes registered through the API (and saved
+//!   runtime policies), as their JSON definition.
+//! - **call records**: one per invocation, updated as the call moves from accepted to
+//!   running to a final status, and kept after the function is deleted.
+//!
+//! SQL stays behind the trait: callers see only plain values ([`FunctionVersion`],
+//! [`CallRecord`], ...), never a connection, row or SQL type, so a second
+//! implementation (PostgreSQL, for several hosts sharing one database) can stand beside
+//! [`SqliteStore`] without touching them.
+//!
+//! Who writes what: the API's deploy, patch and delete handlers write function
+//! versions (one at a time, under the server's deploy lock), and a container build
+//! writes its version's status when it ends; the runtime handlers write runtimes; the call paths write call records, write-behind
+//! and so never waiting on the disk, except when accepting an async call, which must
+//! be durable before its 202. At start, [`Store::recover`] repairs the calls a dead
+//! process left unfinished. Reading happens mostly at start (functions and runtimes
+//! are then served from memory), for a function's version history, and for the
+//! call-record endpoints.
+
+mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use sqlite::SqliteStore;
+pub use types::{CallFilter, CallRecord, CallStatus, FunctionVersion, Recovery, VersionStatus};
+
+/// The store as the server holds it.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Durable state of a host: function versions, runtimes and call records.
+///
+/// Function and runtime writes are durable when they return. Call records may be
+/// written behind ([`Store::record_call`]); every read of calls first makes the
+/// caller's earlier writes visible.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Adds a version of function `name` (creating the function if it is new or was
+    /// deleted) and makes it the current one. Its number is one more than any version
+    /// the name ever had.
+    async fn add_version(
+        &self,
+        name: &str,
+        runtime: &str,
+        digest: &str,
+        size: i64,
+        config: &serde_json::Value,
+        status: VersionStatus,
+    ) -> Result<FunctionVersion>;
+
+    /// Sets the status (and message, cleared when `None`) of one version. Fails if the
+    /// version does not exist.
+    async fn set_version_status(
+        &self,
+        name: &str,
+        version: i64,
+        status: VersionStatus,
+        message: Option<&str>,
+    ) -> Result<()>;
+
+    /// Replaces the config (limits, policy overrides) of one version. Fails if the
+    /// version does not exist.
+    async fn set_version_config(
+        &self,
+        name: &str,
+        version: i64,
+        config: &serde_json::Value,
+    ) -> Result<()>;
+
+    /// The current (newest) version of every live function, sorted by name.
+    async fn current_versions(&self) -> Result<Vec<FunctionVersion>>;
+
+    /// All versions of live function `name` since it was last (re)created, newest
+    /// first; empty if there is no such function.
+    async fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
+
+    /// Deletes function `name`: its versions are hidden (their numbers stay taken) and
+    /// its call records kept. Returns `false` if there was no such live function.
+    async fn delete_function(&self, name: &str) -> Result<bool>;
+
+    /// Saves a container runtime's definition under `name`, replacing an older one.
+    async fn put_runtime(&self, name: &str, definition: &serde_json::Value) -> Result<()>;
+
+    /// Every saved runtime definition, by name.
+    async fn runtimes(&self) -> Result<Vec<serde_json::Value>>;
+
+    /// Removes a saved runtime; `false` if there was none.
+    async fn delete_runtime(&self, name: &str) -> Result<bool>;
+
+    /// The next call number: strictly increasing, above every number already recorded.
+    fn next_call_num(&self) -> i64;
+
+    /// Queues `record` for writing (upsert by id) and returns without waiting for the
+    /// disk. Waits only while the queue is full; never drops a record, except after
+    /// [`Store::close`], when it logs a warning.
+    async fn record_call(&self, record: CallRecord);
+
+    /// Queues `record` like [`Store::record_call`] and waits until it is committed.
+    async fn record_call_durable(&self, record: CallRecord) -> Result<()>;
+
+    /// Waits until every record queued before this call is committed. Fails if the
+    /// batch that held them failed to commit or the store is closed.
+    async fn flush(&self) -> Result<()>;
+
+    /// The call with this id, after flushing so the caller sees its own writes.
+    async fn get_call(&self, id: &str) -> Result<Option<CallRecord>>;
+
+    /// The call with this number, after flushing so the caller sees its own writes.
+    async fn get_call_by_num(&self, num: i64) -> Result<Option<CallRecord>>;
+
+    /// Calls matching `filter`, newest (highest `num`) first, after flushing.
+    async fn list_calls(&self, filter: CallFilter) -> Result<Vec<CallRecord>>;
+
+    /// Repairs what a previous process left behind; call once at startup, before
+    /// serving (it does not see records still queued). Calls left `running`, and
+    /// synchronous calls left `pending`, become `failed` with error "host restarted";
+    /// accepted async calls that never started are returned for re-running.
+    async fn recover(&self) -> Result<Recovery>;
+
+    /// Writes everything queued and stops accepting call records; for graceful
+    /// shutdown. Later `record_call`s are dropped with a warning, later durable writes,
+    /// flushes and reads of calls fail. Function and runtime reads and writes keep
+    /// working.
+    async fn close(&self);
+}

@@ -1,0 +1,75 @@
+//! The database schema, as numbered migrations applied at open.
+//! Append new steps, never edit a released one.
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: functions (soft-deleted per version, so version numbers never repeat for a
+    // name and old call records stay unambiguous) and calls.
+    "CREATE TABLE IF NOT EXISTS function_versions (
+        name           TEXT    NOT NULL,
+        version        INTEGER NOT NULL,
+        runtime        TEXT    NOT NULL,
+        digest         TEXT    NOT NULL,
+        size           INTEGER NOT NULL,
+        config         TEXT    NOT NULL,
+        status         TEXT    NOT NULL,
+        status_message TEXT,
+        created_at     INTEGER NOT NULL,
+        deleted_at     INTEGER,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE IF NOT EXISTS calls (
+        id          TEXT    PRIMARY KEY,
+        num         INTEGER NOT NULL,
+        function    TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        status      TEXT    NOT NULL,
+        is_async    INTEGER NOT NULL,
+        input       BLOB    NOT NULL,
+        output      BLOB,
+        error       TEXT,
+        logs        BLOB    NOT NULL,
+        start       TEXT,
+        queue_us    INTEGER,
+        init_us     INTEGER,
+        exec_us     INTEGER,
+        created_at  INTEGER NOT NULL,
+        started_at  INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS calls_function_num ON calls (function, num);
+    CREATE INDEX IF NOT EXISTS calls_status ON calls (status);
+    CREATE UNIQUE INDEX IF NOT EXISTS calls_num ON calls (num);",
+    // 2: container runtimes registered through the API, as their JSON definition.
+    "CREATE TABLE IF NOT EXISTS runtimes (
+        name       TEXT    PRIMARY KEY,
+        definition TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
+];
+
+/// Applies the migrations this database has not seen yet, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i64::try_from(index + 1).context("too many migrations")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read inside the transaction: another process may have migrated meanwhile.
+        let current: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = i64::try_from(MIGRATIONS.len()).context("too many migrations")?;
+        if current > known {
+            bail!("database schema version {current} is newer than this newt knows ({known})");
+        }
+        if current >= target {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying schema migration {target}"))?;
+        tx.pragma_update(None, "user_version", target)?;
+        tx.commit()
+            .with_context(|| format!("committing schema migration {target}"))?;
+    }
+    Ok(())
+}

@@ -95,6 +95,14 @@ pub enum CallResult {
 }
 
 impl CallResult {
+    /// The failure or timeout message, `None` for success.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            CallResult::Done => None,
+            CallResult::Failed(m) | CallResult::Timeout(m) => Some(m),
+        }
+    }
+
     /// The timeout every backend reports when a call's deadline passes, `while` a
     /// phase of it (empty: while the function ran).
     pub fn deadline_passed(phase: &str, timeout: Duration) -> CallResult {

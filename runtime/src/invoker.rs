@@ -330,6 +330,17 @@ impl Invoker {
         self.deployment(spec).await.map(drop)
     }
 
+    /// Takes a newer resolution of an installed version (a policy change) into its
+    /// pool at once; nothing when the version has no pool yet.
+    pub fn follow(&self, spec: &FunctionSpec) {
+        if let Some(slot) = self.slots.get(&spec.name)
+            && slot.spec.version == spec.version
+            && let Some(deployment) = slot.deployment.get()
+        {
+            deployment.follow(spec);
+        }
+    }
+
     /// Sets a runtime's policy: with `preload = runtime` its runtime-level pool keeps
     /// `min_warm` generic instances (runtimes that have them).
     pub fn set_runtime_policy(&self, runtime: &str, policy: &Policy) {

@@ -19,7 +19,7 @@
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -41,7 +41,7 @@ const GENERIC_START_BUDGET: Duration = Duration::from_secs(60);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a function's pool looks like right now.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
     /// The function.
     pub function: String,
@@ -68,7 +68,7 @@ pub struct PoolStats {
 }
 
 /// What a runtime-level pool looks like right now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimePoolStats {
     /// The runtime.
     pub runtime: String,

@@ -6,11 +6,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
-use crate::server::SharedState;
+use crate::service::SharedService;
 
 /// Lets a request through when no token is configured or it carries the right one.
 pub async fn require_token(
-    State(state): State<SharedState>,
+    State(state): State<SharedService>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

@@ -2,70 +2,23 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
-use crate::server::SharedState;
-use crate::store::{CallFilter, CallRecord, CallStatus};
+use crate::service::SharedService;
+use crate::store::{CallFilter, CallStatus};
+use crate::wire::{CallDetailView, CallList, CallView};
 
 /// Calls listed when no `limit` is given.
 const DEFAULT_LIMIT: usize = 50;
 /// The most calls one list returns.
 const MAX_LIMIT: usize = 1000;
 
-/// Bytes as JSON: the value itself if they are JSON, a string if UTF-8, else a
-/// lossy string (binary output is rare for functions and still readable this way).
-pub(crate) fn bytes_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-fn micros_to_ms(us: Option<i64>) -> Value {
-    us.map_or(Value::Null, |us| json!(us as f64 / 1000.0))
-}
-
-/// The short JSON form of a call, for lists.
-fn summary_json(call: &CallRecord) -> Value {
-    let duration_ms = match (call.started_at, call.finished_at) {
-        (Some(s), Some(f)) => json!(f - s),
-        _ => Value::Null,
-    };
-    json!({
-        "id": call.id,
-        "num": call.num,
-        "function": call.function,
-        "version": call.version,
-        "status": call.status,
-        "async": call.is_async,
-        "start": call.start,
-        "error": call.error,
-        "timings": {
-            "queue_ms": micros_to_ms(call.queue_us),
-            "init_ms": micros_to_ms(call.init_us),
-            "exec_ms": micros_to_ms(call.exec_us),
-        },
-        "duration_ms": duration_ms,
-        "created_at": call.created_at,
-        "started_at": call.started_at,
-        "finished_at": call.finished_at,
-    })
-}
-
-/// The full JSON form of a call: the summary plus input, output and logs.
-pub fn call_json(call: &CallRecord) -> Value {
-    let mut body = summary_json(call);
-    body["input"] = bytes_json(&call.input);
-    body["output"] = call.output.as_deref().map_or(Value::Null, bytes_json);
-    body["logs"] = Value::String(String::from_utf8_lossy(&call.logs).into_owned());
-    body
-}
-
 /// `GET /v1/calls?function=&status=&limit=&before=`: newest first.
 pub async fn list(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CallList>> {
     let mut filter = CallFilter {
         limit: DEFAULT_LIMIT,
         ..CallFilter::default()
@@ -73,7 +26,7 @@ pub async fn list(
     for (key, value) in &query {
         match key.as_str() {
             "function" => {
-                super::functions::validate_name(value)?;
+                crate::service::validate_name(value)?;
                 filter.function = Some(value.clone());
             }
             "status" => {
@@ -102,21 +55,22 @@ pub async fn list(
             }
         }
     }
-    let calls = state.store.list_calls(filter).await?;
-    let items: Vec<Value> = calls.iter().map(summary_json).collect();
-    Ok(Json(json!({ "calls": items })))
+    let calls = service.store.list_calls(filter).await?;
+    Ok(Json(CallList {
+        calls: calls.iter().map(CallView::from).collect(),
+    }))
 }
 
 /// `GET /v1/calls/{id}`: `{id}` is the call's UUID (`x-newt-call-id`) or its number
 /// (`num`).
 pub async fn show(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CallDetailView>> {
     let found = if uuid::Uuid::parse_str(&id).is_ok() {
-        state.store.get_call(&id).await?
+        service.store.get_call(&id).await?
     } else if let Ok(num) = id.parse::<i64>() {
-        state.store.get_call_by_num(num).await?
+        service.store.get_call_by_num(num).await?
     } else {
         return Err(ApiError::BadRequest(format!(
             "{:?} is not a call id: use the UUID from x-newt-call-id or the call number",
@@ -124,14 +78,15 @@ pub async fn show(
         )));
     };
     match found {
-        Some(call) => Ok(Json(call_json(&call))),
+        Some(call) => Ok(Json(CallDetailView::from(&call))),
         None => Err(ApiError::NotFound(format!("call {id} does not exist"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::wire::bytes_json;
+    use serde_json::json;
 
     #[test]
     fn bytes_render_as_json_or_text() {

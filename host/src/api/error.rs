@@ -17,10 +17,6 @@ pub enum ApiError {
     /// 404: no such function, call or route.
     NotFound(String),
     /// 409: the request conflicts with the current state.
-    #[allow(
-        dead_code,
-        reason = "used once functions can be pending (container builds)"
-    )]
     Conflict(String),
     /// 413: the body is larger than the limit for this route.
     TooLarge(String),
@@ -120,6 +116,7 @@ impl From<newt_runtime::Error> for ApiError {
             E::Unavailable { backend, reason } => {
                 ApiError::Unavailable(format!("{backend} unavailable: {reason}"))
             }
+            E::Deadline(m) => ApiError::Timeout(m),
             E::AtCapacity { .. } => ApiError::TooManyRequests {
                 message: e.to_string(),
                 retry_after: 1,
@@ -222,6 +219,7 @@ mod tests {
                 },
                 429,
             ),
+            (E::Deadline("x".into()), 504),
             (E::MissingBundle { digest: "d".into() }, 500),
         ];
         for (error, status) in cases {

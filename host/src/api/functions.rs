@@ -1,4 +1,5 @@
-//! `/v1/functions`: deploy, list, show, delete and invoke.
+//! `/v1/functions`: deploy, list, show, patch, delete and invoke. Each handler parses,
+//! calls the service, and answers with a wire type.
 
 use axum::Json;
 use axum::body::Body;
@@ -7,43 +8,22 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use newt_runtime::{CallOutcome, CallResult, FunctionSpec, Limits, Policy};
+use newt_runtime::{CallOutcome, CallResult, Limits, Policy};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
-use crate::server::{FunctionConfig, SharedState, config_of, spec_of};
-use crate::store::{FunctionVersion, VersionStatus};
+use crate::service::{DeployRequest, Deployed, SharedService};
+use crate::wire::{
+    AcceptedView, FunctionDetailView, FunctionList, FunctionView, PolicyPatch, PoolsView,
+    RuntimePoolView,
+};
 
 /// The runtime of functions deployed without `?runtime=`.
 const DEFAULT_RUNTIME: &str = "wasm";
 
-/// Checks a function name: `[a-z0-9][a-z0-9-]{0,62}`.
-pub fn validate_name(name: &str) -> ApiResult<()> {
-    let bytes = name.as_bytes();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "invalid function name {:?}: use 1 to 63 characters of a-z, 0-9 and '-', \
-             starting with a letter or digit",
-            truncate(name, 80)
-        )))
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
 /// Turns a body rejection into our error; the size limit is the common case.
-fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiResult<Bytes> {
+pub(crate) fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiResult<Bytes> {
     bytes.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
@@ -55,78 +35,8 @@ fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiRe
     })
 }
 
-/// The version calls of `name` run: the newest ready one. A function whose only
-/// versions are building or failed answers 409 with what to do.
-pub fn serving(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
-    validate_name(name)?;
-    if let Some(ready) = state.serving.get(name) {
-        return Ok(ready.clone());
-    }
-    let newest = current(state, name)?;
-    Err(match newest.status {
-        VersionStatus::Pending => ApiError::Conflict(format!(
-            "function `{name}` is still being built: retry when GET /v1/functions/{name} \
-             says ready"
-        )),
-        _ => ApiError::Conflict(format!(
-            "function `{name}` has no runnable version: its build failed ({}); deploy a fixed \
-             bundle",
-            newest
-                .status_message
-                .as_deref()
-                .unwrap_or("see GET /v1/functions/{name}")
-        )),
-    })
-}
-
-fn current(state: &SharedState, name: &str) -> ApiResult<FunctionVersion> {
-    validate_name(name)?;
-    state
-        .functions
-        .get(name)
-        .map(|f| f.clone())
-        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))
-}
-
-/// The JSON form of a function version.
-pub fn function_json(version: &FunctionVersion) -> Value {
-    let spec = spec_of(version);
-    json!({
-        "name": version.name,
-        "version": version.version,
-        "runtime": version.runtime,
-        "status": version.status,
-        "status_message": version.status_message,
-        "digest": version.digest,
-        "size": version.size,
-        "limits": spec.limits,
-        "created_at": version.created_at,
-    })
-}
-
-/// Parses the deploy query: the runtime and any limits.
-/// What a deploy's query sets.
-#[derive(Debug)]
-pub struct DeployOptions {
-    /// The runtime (default wasm).
-    pub runtime: String,
-    /// Per-call limits.
-    pub limits: Limits,
-    /// Policy fields overriding the runtime's; `None` keeps the previous version's.
-    pub policy: Option<serde_json::Map<String, Value>>,
-}
-
-/// The policy fields a deploy or PATCH may set.
-const POLICY_FIELDS: [&str; 5] = [
-    "preload",
-    "min_warm",
-    "max_instances",
-    "keep_alive",
-    "max_queue",
-];
-
 /// Parses the deploy query: the runtime, limits and policy overrides.
-fn deploy_options(query: &HashMap<String, String>) -> ApiResult<DeployOptions> {
+fn deploy_options(query: &HashMap<String, String>, wait: bool) -> ApiResult<DeployRequest> {
     let mut limits = Limits::default();
     let mut runtime = DEFAULT_RUNTIME.to_string();
     let mut policy = serde_json::Map::new();
@@ -152,7 +62,7 @@ fn deploy_options(query: &HashMap<String, String>) -> ApiResult<DeployOptions> {
                 return Err(ApiError::BadRequest(format!(
                     "unknown parameter `{other}`: accepted are runtime, wait, timeout_ms, \
                      memory_mb, max_output_bytes, max_log_bytes, {}",
-                    POLICY_FIELDS.join(", ")
+                    PolicyPatch::FIELDS.join(", ")
                 )));
             }
         }
@@ -160,10 +70,11 @@ fn deploy_options(query: &HashMap<String, String>) -> ApiResult<DeployOptions> {
     limits.validate()?;
     // Check the fields now; the runtime's policy is merged under them later.
     Policy::default().patched(&Value::Object(policy.clone()))?;
-    Ok(DeployOptions {
+    Ok(DeployRequest {
         runtime,
         limits,
         policy: (!policy.is_empty()).then_some(policy),
+        wait,
     })
 }
 
@@ -193,7 +104,7 @@ fn merge_json_headers(headers: &HeaderMap, query: &mut HashMap<String, String>) 
 
 /// The bundle of a deploy request: the raw body, or the `module` field of a
 /// `multipart/form-data` body (the seed platform's form).
-pub async fn read_bundle(state: &SharedState, request: Request) -> ApiResult<Bytes> {
+pub async fn read_bundle(state: &SharedService, request: Request) -> ApiResult<Bytes> {
     let limit = state.config.max_bundle_bytes;
     let is_multipart = request
         .headers()
@@ -222,13 +133,6 @@ pub async fn read_bundle(state: &SharedState, request: Request) -> ApiResult<Byt
     } else {
         body(Bytes::from_request(request, state).await, limit, "bundle")?
     };
-    if bundle.is_empty() {
-        return Err(ApiError::BadRequest(
-            "the bundle is empty: send the .wasm file (or the .tar.gz / .zip for a container \
-             runtime) as the body"
-                .into(),
-        ));
-    }
     Ok(bundle)
 }
 
@@ -247,302 +151,134 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
 /// container function answers 202 with status `pending` while its image builds,
 /// unless `wait=true`.
 pub async fn deploy(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(name): Path<String>,
     Query(mut query): Query<HashMap<String, String>>,
     request: Request,
 ) -> ApiResult<Response> {
-    validate_name(&name)?;
+    crate::service::validate_name(&name)?;
     let wait = query
         .remove("wait")
         .is_some_and(|v| v == "true" || v == "1" || v.is_empty());
     merge_json_headers(request.headers(), &mut query)?;
-    let options = deploy_options(&query)?;
-    let bundle = read_bundle(&state, request).await?;
-    let (status, version) = deploy_bundle(&state, &name, options, bundle, wait).await?;
-    Ok((status, Json(function_json(&version))).into_response())
+    let options = deploy_options(&query, wait)?;
+    let bundle = read_bundle(&service, request).await?;
+    let deployed = service.deploy(&name, options, bundle).await?;
+    Ok((deployed_status(&deployed), Json(FunctionView::from(deployed.version()))).into_response())
 }
 
-/// Stores a bundle and makes it the newest version of `name`. Shared by the v1 and
-/// seed routes.
-pub async fn deploy_bundle(
-    state: &SharedState,
-    name: &str,
-    options: DeployOptions,
-    bundle: Bytes,
-    wait: bool,
-) -> ApiResult<(StatusCode, FunctionVersion)> {
-    let DeployOptions {
-        runtime,
-        limits,
-        policy,
-    } = options;
-    let runtime = runtime.as_str();
-    let is_wasm = runtime == DEFAULT_RUNTIME;
-    if is_wasm && !bundle.starts_with(b"\0asm") {
-        return Err(ApiError::InvalidBundle(
-            "the body is not a WebAssembly module (it does not start with \\0asm): send the \
-             .wasm file built for wasm32-wasip1"
-                .into(),
-        ));
+/// The status a deploy answers with.
+pub(crate) fn deployed_status(deployed: &Deployed) -> StatusCode {
+    match deployed {
+        Deployed::Created(_) => StatusCode::CREATED,
+        Deployed::Unchanged(_) => StatusCode::OK,
+        Deployed::Accepted(_) => StatusCode::ACCEPTED,
     }
-    if !is_wasm {
-        if state.docker.runtime(runtime).is_none() {
-            let known: Vec<String> = state
-                .docker
-                .runtimes()
-                .into_iter()
-                .map(|r| r.name)
-                .collect();
-            return Err(ApiError::BadRequest(format!(
-                "unknown runtime `{runtime}`: use wasm or one of: {}",
-                known.join(", ")
-            )));
-        }
-        // Refuse what can never build now (422, 503), not after a 202.
-        state.docker.check_deploy(runtime, bundle.clone()).await?;
-    }
-
-    let cas = state.invoker.cas().clone();
-    let size = bundle.len() as i64;
-    let digest = tokio::task::spawn_blocking(move || cas.put(&bundle))
-        .await
-        .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))??;
-    let guard = state.deploy_lock.lock().await;
-    let previous = state.functions.get(name).map(|f| f.clone());
-    // Without policy parameters a redeploy keeps the function's overrides.
-    let policy = match policy {
-        Some(policy) => policy,
-        None => previous
-            .as_ref()
-            .map(|v| config_of(v).policy)
-            .unwrap_or_default(),
-    };
-    state
-        .runtime_policy(runtime)
-        .patched(&Value::Object(policy.clone()))?;
-    let wanted = FunctionConfig {
-        limits: limits.clone(),
-        policy,
-    };
-    let config = serde_json::to_value(&wanted).map_err(anyhow::Error::from)?;
-    if let Some(existing) = previous
-        && existing.digest == digest.as_str()
-        && existing.runtime == runtime
-        && existing.status != VersionStatus::Failed
-        && config_of(&existing) == wanted
-    {
-        return Ok((StatusCode::OK, existing));
-    }
-
-    let candidate = FunctionSpec {
-        name: name.to_string(),
-        version: 0,
-        runtime: runtime.to_string(),
-        digest: digest.to_string(),
-        limits,
-    };
-    if is_wasm {
-        // Compile before recording anything: a module that cannot run never becomes a
-        // version.
-        state.invoker.validate(&candidate).await?;
-    }
-    let status = if is_wasm {
-        VersionStatus::Ready
-    } else {
-        VersionStatus::Pending
-    };
-    let version = state
-        .store
-        .add_version(name, runtime, digest.as_str(), size, &config, status)
-        .await?;
-    state.functions.insert(name.to_string(), version.clone());
-    if is_wasm {
-        state.serving.insert(name.to_string(), version.clone());
-    }
-    drop(guard);
-    tracing::info!(function = %name, version = version.version, %digest, runtime, "deployed");
-    if is_wasm {
-        state.apply_policy(name);
-        return Ok((StatusCode::CREATED, version));
-    }
-    if wait {
-        let built = state.build_version(version).await;
-        return match built.status {
-            VersionStatus::Ready => Ok((StatusCode::CREATED, built)),
-            _ => Err(ApiError::InvalidBundle(
-                built
-                    .status_message
-                    .unwrap_or_else(|| "the build failed".into()),
-            )),
-        };
-    }
-    let background = state.clone();
-    tokio::spawn(async move { background.build_version(version.clone()).await });
-    let pending = state.functions.get(name).map(|f| f.clone());
-    Ok((
-        StatusCode::ACCEPTED,
-        pending.ok_or_else(|| anyhow::anyhow!("function vanished"))?,
-    ))
 }
 
 /// Reads a PATCH body: a JSON object of policy fields.
 pub fn policy_changes(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<serde_json::Map<String, Value>> {
+    let fields = PolicyPatch::FIELDS.join(", ");
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!(
-            "expected a JSON object of policy fields ({}): {}",
-            POLICY_FIELDS.join(", "),
+            "expected a JSON object of policy fields ({fields}): {}",
             e.body_text()
         ))
     })?;
     let Value::Object(changes) = body else {
         return Err(ApiError::BadRequest(format!(
-            "expected a JSON object of policy fields ({})",
-            POLICY_FIELDS.join(", ")
+            "expected a JSON object of policy fields ({fields})"
         )));
     };
     if let Some(unknown) = changes
         .keys()
-        .find(|k| !POLICY_FIELDS.contains(&k.as_str()))
+        .find(|k| !PolicyPatch::FIELDS.contains(&k.as_str()))
     {
         return Err(ApiError::BadRequest(format!(
-            "unknown policy field `{unknown}`: accepted are {}",
-            POLICY_FIELDS.join(", ")
+            "unknown policy field `{unknown}`: accepted are {fields}"
         )));
     }
-    Ok(changes)
+    let patch: PolicyPatch = serde_json::from_value(Value::Object(changes))
+        .map_err(|e| ApiError::BadRequest(format!("invalid policy: {e}")))?;
+    Ok(patch.into_map())
 }
 
 /// `PATCH /v1/functions/{name}`: body is the policy fields to override. Takes effect
 /// on the running pool at once.
 pub async fn patch(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(name): Path<String>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FunctionDetailView>> {
+    // An unknown function is 404 whatever the body says.
+    service.newest(&name)?;
     let changes = policy_changes(body)?;
-    let guard = state.deploy_lock.lock().await;
-    let newest = current(&state, &name)?;
-    let mut config = config_of(&newest);
-    config.policy.extend(changes);
-    state
-        .runtime_policy(&newest.runtime)
-        .patched(&Value::Object(config.policy.clone()))?;
-    let value = serde_json::to_value(&config).map_err(anyhow::Error::from)?;
-    // The newest version and the one serving calls (they differ while a build runs).
-    let mut targets = vec![newest.clone()];
-    if let Some(serving) = state.serving.get(&name).map(|v| v.clone())
-        && serving.version != newest.version
-    {
-        targets.push(serving);
-    }
-    for mut version in targets {
-        state
-            .store
-            .set_version_config(&name, version.version, &value)
-            .await?;
-        version.config = value.clone();
-        if state
-            .functions
-            .get(&name)
-            .is_some_and(|f| f.version == version.version)
-        {
-            state.functions.insert(name.clone(), version.clone());
-        }
-        if state
-            .serving
-            .get(&name)
-            .is_some_and(|f| f.version == version.version)
-        {
-            state.serving.insert(name.clone(), version);
-        }
-    }
-    drop(guard);
-    state.apply_policy(&name);
-    show(State(state), Path(name)).await
+    let detail = service.patch_policy(&name, changes).await?;
+    Ok(Json(FunctionDetailView::from(&detail)))
 }
 
 /// `GET /v1/pools`: every function's pool, and every runtime-level pool.
-pub async fn pools(State(state): State<SharedState>) -> Json<Value> {
-    let stems = state.docker.stem_counts();
-    let mut runtime_pools: Vec<Value> = state
-        .runtime_policies
-        .iter()
-        .map(|entry| {
-            let name = entry.key();
+pub async fn pools(State(service): State<SharedService>) -> Json<PoolsView> {
+    let runtime_pools = service
+        .registry
+        .runtime_policies()
+        .into_iter()
+        .map(|(runtime, policy)| {
+            let stats = service.invoker.runtime_pool(&runtime);
             // wasm's runtime level is the engine and linker: always ready.
-            let idle = if name == crate::server::WASM_RUNTIME {
-                Value::Null
+            let idle = if runtime == crate::service::WASM_RUNTIME {
+                None
             } else {
-                json!(stems.get(name).copied().unwrap_or(0))
+                Some(stats.as_ref().map_or(0, |s| s.idle))
             };
-            json!({ "runtime": name, "policy": entry.value(), "idle": idle })
+            RuntimePoolView {
+                runtime,
+                policy,
+                idle,
+                stats,
+            }
         })
         .collect();
-    runtime_pools.sort_by(|a, b| a["runtime"].as_str().cmp(&b["runtime"].as_str()));
-    Json(json!({ "pools": state.invoker.pools(), "runtime_pools": runtime_pools }))
+    Json(PoolsView {
+        pools: service.invoker.pools(),
+        runtime_pools,
+    })
 }
 
 /// `GET /v1/functions`.
-pub async fn list(State(state): State<SharedState>) -> Json<Value> {
-    let mut functions: Vec<FunctionVersion> =
-        state.functions.iter().map(|f| f.value().clone()).collect();
-    functions.sort_by(|a, b| a.name.cmp(&b.name));
-    let items: Vec<Value> = functions.iter().map(function_json).collect();
-    Json(json!({ "functions": items }))
+pub async fn list(State(service): State<SharedService>) -> Json<FunctionList> {
+    Json(FunctionList {
+        functions: service.registry.list().iter().map(FunctionView::from).collect(),
+    })
 }
 
 /// `GET /v1/functions/{name}`: the current version and the version history.
 pub async fn show(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let function = current(&state, &name)?;
-    let versions = state.store.versions(&name).await?;
-    let mut body = function_json(&function);
-    body["policy"] = json!(state.effective_policy(&function));
-    body["policy_overrides"] = Value::Object(config_of(&function).policy);
-    body["pool"] = json!(state.invoker.pool(&name));
-    body["versions"] = versions
-        .iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "digest": v.digest,
-                "size": v.size,
-                "status": v.status,
-                "created_at": v.created_at,
-            })
-        })
-        .collect();
-    Ok(Json(body))
+) -> ApiResult<Json<FunctionDetailView>> {
+    let detail = service.function(&name).await?;
+    Ok(Json(FunctionDetailView::from(&detail)))
 }
 
 /// `DELETE /v1/functions/{name}`: 204; its call records are kept.
 pub async fn delete(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    current(&state, &name)?;
-    let _guard = state.deploy_lock.lock().await;
-    state.store.delete_function(&name).await?;
-    state.functions.remove(&name);
-    state.serving.remove(&name);
-    state.invoker.remove(&name);
-    tracing::info!(function = %name, "deleted");
+    service.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/functions/{name}/invoke[?async=true]`: the body is the input.
 pub async fn invoke(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     input: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let function = serving(&state, &name)?;
     let is_async = match query.get("async").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -557,45 +293,34 @@ pub async fn invoke(
             "unknown parameter `{other}`: the only one accepted is async"
         )));
     }
-    let input = body(input, state.config.max_input_bytes, "input")?;
-    let record = state.new_call(&function, input, is_async);
-    let call_id = record.id.clone();
+    // 404/409 before reading a body that cannot be used.
+    service.serving(&name)?;
+    let input = body(input, service.config.max_input_bytes, "input")?;
 
     if is_async {
-        if !state.reserve_async() {
-            return Err(ApiError::TooManyRequests {
-                message: format!(
-                    "{} async calls are already waiting: retry later",
-                    state.config.max_async_backlog
-                ),
-                retry_after: 1,
-            });
-        }
-        // Durable before the 202: an accepted call survives a crash and runs after
-        // the restart.
-        if let Err(e) = state.store.record_call_durable(record.clone()).await {
-            state.release_async();
-            return Err(e.into());
-        }
-        state.spawn_async(record);
-        let location = format!("/v1/calls/{call_id}");
+        let record = service.invoke_async(&name, input).await?;
+        let location = format!("/v1/calls/{}", record.id);
         let mut response = (
             StatusCode::ACCEPTED,
-            Json(json!({ "call_id": call_id, "status": "pending", "url": location })),
+            Json(AcceptedView {
+                call_id: record.id.clone(),
+                status: record.status,
+                url: location.clone(),
+            }),
         )
             .into_response();
         let headers = response.headers_mut();
-        insert_header(headers, "x-newt-call-id", &call_id);
+        insert_header(headers, "x-newt-call-id", &record.id);
         insert_header(headers, header::LOCATION.as_str(), &location);
         return Ok(response);
     }
 
-    let spec = spec_of(&function);
-    match state.run_call(record, &spec).await {
-        Ok(outcome) => Ok(outcome_response(&call_id, outcome)),
+    let invoked = service.invoke(&name, input).await?;
+    match invoked.outcome {
+        Ok(outcome) => Ok(outcome_response(&invoked.call_id, outcome)),
         Err(e) => {
             let mut response = ApiError::from(e).into_response();
-            insert_header(response.headers_mut(), "x-newt-call-id", &call_id);
+            insert_header(response.headers_mut(), "x-newt-call-id", &invoked.call_id);
             Ok(response)
         }
     }
@@ -652,7 +377,7 @@ mod tests {
     #[test]
     fn names_follow_the_rule() {
         for good in ["a", "dice", "hello-2", "0abc", &"a".repeat(63)] {
-            assert!(validate_name(good).is_ok(), "{good}");
+            assert!(crate::service::validate_name(good).is_ok(), "{good}");
         }
         for bad in [
             "",
@@ -665,12 +390,13 @@ mod tests {
             &"a".repeat(64),
             "é",
         ] {
-            assert!(validate_name(bad).is_err(), "{bad}");
+            assert!(crate::service::validate_name(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn deploy_options_parse_limits_and_refuse_unknown_keys() {
+        let deploy_options = |q: &HashMap<String, String>| super::deploy_options(q, false);
         let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs
                 .iter()

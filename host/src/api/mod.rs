@@ -4,7 +4,7 @@
 //! decided only in [`error::ApiError`].
 
 mod auth;
-pub(crate) mod calls;
+mod calls;
 pub mod error;
 mod functions;
 mod runtimes;
@@ -15,11 +15,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use serde_json::json;
 
-use crate::server::SharedState;
+use crate::service::SharedService;
 use error::ApiError;
 
 /// The whole HTTP application over `state`.
-pub fn app(state: SharedState) -> Router {
+pub fn app(state: SharedService) -> Router {
     let config = &state.config;
     let v1 = Router::new()
         .route("/functions", get(functions::list))
@@ -84,18 +84,29 @@ pub fn app(state: SharedState) -> Router {
 }
 
 async fn healthz(
-    axum::extract::State(state): axum::extract::State<SharedState>,
+    axum::extract::State(state): axum::extract::State<SharedService>,
 ) -> axum::Json<serde_json::Value> {
-    axum::Json(json!({
+    let backends: serde_json::Map<String, serde_json::Value> = state
+        .invoker
+        .health()
+        .await
+        .into_iter()
+        .map(|(name, health)| (name.to_string(), json!(health)))
+        .collect();
+    let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "functions": state.functions.len(),
-        "docker": state.docker.health().await,
-    }))
+        "functions": state.registry.len(),
+    });
+    // Each backend under its own name (`wasm`, `docker`).
+    body.as_object_mut()
+        .expect("an object")
+        .extend(backends);
+    axum::Json(body)
 }
 
 async fn metrics(
-    axum::extract::State(state): axum::extract::State<SharedState>,
+    axum::extract::State(state): axum::extract::State<SharedService>,
 ) -> impl axum::response::IntoResponse {
     let text = state.metrics.render(&state.invoker.pools());
     (

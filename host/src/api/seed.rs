@@ -5,33 +5,35 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use newt_runtime::{CallResult, Limits};
+use newt_runtime::Limits;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::calls::bytes_json;
 use super::error::{ApiError, ApiResult};
-use super::functions::{DeployOptions, deploy_bundle, read_bundle, serving, validate_name};
-use crate::server::{SharedState, spec_of};
-use crate::store::{CallFilter, CallRecord};
+use super::functions::{deployed_status, read_bundle};
+use crate::service::{DeployRequest, SharedService, validate_name};
+use crate::store::{CallFilter, CallRecord, CallStatus};
+use crate::wire::bytes_json;
 
 /// `POST /registerFunction/{runtime}/{funcName}`: multipart field `module` holds the
 /// bundle. Answers when the function is ready (or its build failed), as the seed did.
 pub async fn register_function(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path((runtime, name)): Path<(String, String)>,
     request: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_name(&name)?;
-    let bundle = read_bundle(&state, request).await?;
-    let options = DeployOptions {
+    let bundle = read_bundle(&service, request).await?;
+    let options = DeployRequest {
         runtime,
         limits: Limits::default(),
         policy: None,
+        wait: true,
     };
-    let (status, version) = deploy_bundle(&state, &name, options, bundle, true).await?;
+    let deployed = service.deploy(&name, options, bundle).await?;
+    let version = deployed.version();
     Ok((
-        status,
+        deployed_status(&deployed),
         Json(json!({
             "funcName": version.name,
             "runtime": version.runtime,
@@ -53,7 +55,7 @@ pub struct InvokeBody {
 /// `POST /invokeFunction`: `{"funcName", "params"}`; runs the call and answers with
 /// its record.
 pub async fn invoke_function(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     body: Result<Json<InvokeBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(|e| {
@@ -62,27 +64,24 @@ pub async fn invoke_function(
             e.body_text()
         ))
     })?;
-    let function = serving(&state, &body.func_name)?;
     let input = serde_json::to_vec(&body.params).map_err(anyhow::Error::from)?;
-    if input.len() > state.config.max_input_bytes {
+    if input.len() > service.config.max_input_bytes {
         return Err(ApiError::TooLarge(format!(
             "params are larger than the limit of {} bytes",
-            state.config.max_input_bytes
+            service.config.max_input_bytes
         )));
     }
-    let record = state.new_call(&function, input.into(), false);
-    let num = record.num;
-    let params = body.params.clone();
-    let outcome = state.run_call(record, &spec_of(&function)).await?;
-    let (status, result) = match outcome.result {
-        CallResult::Done => ("done", bytes_json(&outcome.output)),
-        CallResult::Failed(message) => ("failed", Value::String(message)),
-        CallResult::Timeout(message) => ("timeout", Value::String(message)),
+    let invoked = service.invoke(&body.func_name, input.into()).await?;
+    let outcome = invoked.outcome?;
+    let status = CallStatus::from(&outcome.result);
+    let result = match outcome.result.message() {
+        None => bytes_json(&outcome.output),
+        Some(message) => Value::String(message.to_string()),
     };
     Ok(Json(json!({
-        "callNum": num,
-        "funcName": function.name,
-        "params": params,
+        "callNum": invoked.num,
+        "funcName": invoked.function,
+        "params": body.params,
         "status": status,
         "result": result,
         "start": outcome.start.as_str(),
@@ -105,10 +104,10 @@ fn seed_call(call: &CallRecord) -> Value {
 }
 
 /// `GET /runtimes`.
-pub async fn runtimes(State(state): State<SharedState>) -> Json<Value> {
+pub async fn runtimes(State(service): State<SharedService>) -> Json<Value> {
     Json(Value::Array(
-        state
-            .docker
+        service
+            .invoker
             .runtimes()
             .iter()
             .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
@@ -117,9 +116,10 @@ pub async fn runtimes(State(state): State<SharedState>) -> Json<Value> {
 }
 
 /// `GET /functions`.
-pub async fn functions(State(state): State<SharedState>) -> Json<Value> {
-    let mut all: Vec<Value> = state
-        .functions
+pub async fn functions(State(service): State<SharedService>) -> Json<Value> {
+    let all: Vec<Value> = service
+        .registry
+        .list()
         .iter()
         .map(|f| {
             json!({
@@ -130,13 +130,12 @@ pub async fn functions(State(state): State<SharedState>) -> Json<Value> {
             })
         })
         .collect();
-    all.sort_by(|a, b| a["funcName"].as_str().cmp(&b["funcName"].as_str()));
     Json(Value::Array(all))
 }
 
 /// `GET /calls`: the newest 1000 calls.
-pub async fn calls(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
-    let calls = state
+pub async fn calls(State(service): State<SharedService>) -> ApiResult<Json<Value>> {
+    let calls = service
         .store
         .list_calls(CallFilter {
             limit: 1000,
@@ -148,13 +147,13 @@ pub async fn calls(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
 
 /// `GET /call/{callNum}`.
 pub async fn call(
-    State(state): State<SharedState>,
+    State(service): State<SharedService>,
     Path(num): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let num: i64 = num
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{num:?} is not a call number")))?;
-    match state.store.get_call_by_num(num).await? {
+    match service.store.get_call_by_num(num).await? {
         Some(call) => Ok(Json(seed_call(&call))),
         None => Err(ApiError::NotFound(format!("call {num} does not exist"))),
     }

@@ -49,6 +49,16 @@ impl CallStatus {
     }
 }
 
+impl From<&newt_runtime::CallResult> for CallStatus {
+    fn from(result: &newt_runtime::CallResult) -> Self {
+        match result {
+            newt_runtime::CallResult::Done => CallStatus::Done,
+            newt_runtime::CallResult::Failed(_) => CallStatus::Failed,
+            newt_runtime::CallResult::Timeout(_) => CallStatus::Timeout,
+        }
+    }
+}
+
 impl fmt::Display for CallStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

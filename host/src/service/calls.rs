@@ -1,0 +1,251 @@
+//! The call path: a request becomes a call record, runs on the invoker under one
+//! absolute deadline, and its outcome is recorded. Sync calls run on the caller's
+//! future (a caller that goes away cancels the call: its record says `cancelled`);
+//! async calls are durable before their 202 and run in the background.
+
+use bytes::Bytes;
+use newt_runtime::{CallOutcome, CallRequest, FunctionSpec};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use super::{Service, ServiceResult, now_ms};
+use crate::api::error::ApiError;
+use crate::store::{CallRecord, CallStatus, SharedStore, VersionStatus};
+
+/// A sync call that ran (or could not run).
+#[derive(Debug)]
+pub struct Invoked {
+    /// The call's id (`x-newt-call-id`).
+    pub call_id: String,
+    /// The call's number (the seed's `callNum`).
+    pub num: i64,
+    /// The function's name.
+    pub function: String,
+    /// What the engine said.
+    pub outcome: Result<CallOutcome, newt_runtime::Error>,
+}
+
+/// A call record in flight: if the call's future is dropped before the outcome is
+/// recorded (the client went away), the record becomes `cancelled`.
+struct InFlight {
+    store: SharedStore,
+    record: Option<CallRecord>,
+    started: Instant,
+    /// For the metrics of a cancelled call.
+    service: Arc<Service>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.status = CallStatus::Cancelled;
+        record.error = Some("the caller went away before the call finished".into());
+        record.finished_at = Some(now_ms());
+        self.service.metrics.record_call(
+            &record.function,
+            CallStatus::Cancelled.as_str(),
+            None,
+            self.started.elapsed(),
+        );
+        tracing::info!(call = %record.id, function = %record.function, "call cancelled by its caller");
+        let store = self.store.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { store.record_call(record).await });
+        }
+    }
+}
+
+/// A place in the async backlog, given back when the call ends however it ends.
+struct BacklogSlot(Arc<AtomicUsize>);
+
+impl Drop for BacklogSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Service {
+    /// The spec calls of `name` run. A function whose only versions are building or
+    /// failed answers 409 with what to do.
+    pub fn serving(&self, name: &str) -> ServiceResult<Arc<FunctionSpec>> {
+        super::deploy::validate_name(name)?;
+        if let Some(spec) = self.registry.serving(name) {
+            return Ok(spec);
+        }
+        let newest = self.newest(name)?;
+        Err(match newest.status {
+            VersionStatus::Pending => ApiError::Conflict(format!(
+                "function `{name}` is still being built: retry when GET /v1/functions/{name} \
+                 says ready"
+            )),
+            _ => ApiError::Conflict(format!(
+                "function `{name}` has no runnable version: its build failed ({}); deploy a fixed \
+                 bundle",
+                newest
+                    .status_message
+                    .as_deref()
+                    .unwrap_or("see GET /v1/functions/{name}")
+            )),
+        })
+    }
+
+    fn new_call(&self, spec: &FunctionSpec, input: Bytes, is_async: bool) -> CallRecord {
+        CallRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            num: self.store.next_call_num(),
+            function: spec.name.clone(),
+            version: spec.version,
+            status: CallStatus::Pending,
+            is_async,
+            input: input.to_vec(),
+            output: None,
+            error: None,
+            logs: Vec::new(),
+            start: None,
+            queue_us: None,
+            init_us: None,
+            exec_us: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Runs a sync call of `name` and records it.
+    pub async fn invoke(self: &Arc<Self>, name: &str, input: Bytes) -> ServiceResult<Invoked> {
+        let spec = self.serving(name)?;
+        let record = self.new_call(&spec, input, false);
+        let (call_id, num) = (record.id.clone(), record.num);
+        let outcome = self.run_call(record, &spec).await;
+        Ok(Invoked {
+            call_id,
+            num,
+            function: spec.name.clone(),
+            outcome,
+        })
+    }
+
+    /// Accepts an async call of `name`: durable before this returns, run in the
+    /// background. Returns the record as accepted.
+    pub async fn invoke_async(self: &Arc<Self>, name: &str, input: Bytes) -> ServiceResult<CallRecord> {
+        let spec = self.serving(name)?;
+        let record = self.new_call(&spec, input, true);
+        let max = self.config.max_async_backlog;
+        let reserved = self
+            .async_backlog
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return Err(ApiError::TooManyRequests {
+                message: format!("{max} async calls are already waiting: retry later"),
+                retry_after: 1,
+            });
+        }
+        let slot = BacklogSlot(self.async_backlog.clone());
+        // Durable before the 202: an accepted call survives a crash and runs after
+        // the restart.
+        self.store.record_call_durable(record.clone()).await?;
+        self.spawn_async(record.clone(), slot);
+        Ok(record)
+    }
+
+    /// Runs an accepted async call found at start.
+    pub(super) fn resume_async(self: &Arc<Self>, record: CallRecord) {
+        self.async_backlog.fetch_add(1, Ordering::AcqRel);
+        let slot = BacklogSlot(self.async_backlog.clone());
+        self.spawn_async(record, slot);
+    }
+
+    /// Runs an accepted async call in the background, at most `async_concurrency` at
+    /// once, with the function's newest ready version.
+    fn spawn_async(self: &Arc<Self>, record: CallRecord, slot: BacklogSlot) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _permit = service.async_slots.clone().acquire_owned().await;
+            match service.registry.serving(&record.function) {
+                Some(spec) => {
+                    if let Err(e) = service.run_call(record, &spec).await {
+                        tracing::warn!("async call failed to run: {e}");
+                    }
+                }
+                None => {
+                    let mut record = record;
+                    record.status = CallStatus::Failed;
+                    record.error = Some(format!(
+                        "function `{}` was deleted before the call ran",
+                        record.function
+                    ));
+                    record.finished_at = Some(now_ms());
+                    service.store.record_call(record).await;
+                }
+            }
+        });
+    }
+
+    /// Runs a call under one deadline (now + the function's timeout, covering queue,
+    /// start and run) and records it: `running` when it starts, its outcome when it
+    /// ends, `cancelled` if its future is dropped in between. Both writes are
+    /// write-behind; the caller never waits on the disk.
+    async fn run_call(
+        self: &Arc<Self>,
+        mut record: CallRecord,
+        spec: &Arc<FunctionSpec>,
+    ) -> Result<CallOutcome, newt_runtime::Error> {
+        let started = Instant::now();
+        let deadline = started + spec.limits.timeout();
+        record.status = CallStatus::Running;
+        record.version = spec.version;
+        record.started_at = Some(now_ms());
+        let request = CallRequest {
+            call_id: record.id.clone(),
+            input: Bytes::copy_from_slice(&record.input),
+        };
+        // The guard exists before the first await: from here on, a dropped call is
+        // recorded as cancelled.
+        let mut in_flight = InFlight {
+            store: self.store.clone(),
+            record: Some(record.clone()),
+            started,
+            service: self.clone(),
+        };
+        self.store.record_call(record).await;
+
+        let outcome = self.invoker.invoke(spec, request, deadline).await;
+
+        let mut record = in_flight.record.take().expect("recorded once");
+        record.finished_at = Some(now_ms());
+        match &outcome {
+            Ok(outcome) => {
+                let status = CallStatus::from(&outcome.result);
+                self.metrics.record_call(
+                    &spec.name,
+                    status.as_str(),
+                    Some(outcome.start),
+                    started.elapsed(),
+                );
+                record.status = status;
+                record.error = outcome.result.message().map(str::to_string);
+                record.output = Some(outcome.output.to_vec());
+                record.logs = outcome.logs.to_vec();
+                record.start = Some(outcome.start);
+                record.queue_us = Some(outcome.timings.queue.as_micros() as i64);
+                record.init_us = Some(outcome.timings.init.as_micros() as i64);
+                record.exec_us = Some(outcome.timings.exec.as_micros() as i64);
+            }
+            Err(e) => {
+                self.metrics
+                    .record_call(&spec.name, "error", None, started.elapsed());
+                record.status = CallStatus::Failed;
+                record.error = Some(e.to_string());
+            }
+        }
+        self.store.record_call(record).await;
+        outcome
+    }
+}

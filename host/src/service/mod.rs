@@ -1,0 +1,224 @@
+//! The host service: the one owner of deploys, policy changes, deletes, calls and
+//! their records. HTTP handlers (and the seed routes, and `newt serve --deploy`) parse
+//! a request, call one method here, and turn the answer into a wire type; nothing
+//! here knows about HTTP beyond the status-classified [`ApiError`].
+//!
+//! Who owns what:
+//! - [`Registry`] (in memory): each function's newest and serving version with its
+//!   resolved `Arc<FunctionSpec>`, and each runtime's policy.
+//! - [`Store`](crate::store::Store) (durable): versions, runtimes, call records.
+//! - [`Invoker`] (the engine): executors, pools and instances. The service never
+//!   asks which backend a runtime is; it asks the invoker.
+
+mod calls;
+mod deploy;
+mod registry;
+mod runtimes;
+
+use newt_runtime::{ContainerRuntime, Invoker, Limits};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+use crate::api::error::ApiError;
+use crate::store::{FunctionVersion, SharedStore, VersionStatus};
+
+pub use calls::Invoked;
+pub use deploy::{DeployRequest, Deployed, FunctionDetail, validate_name};
+pub use registry::{Entry, Registry, Served};
+
+/// Limits and settings of a running server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest bundle accepted by a deploy, in bytes.
+    pub max_bundle_bytes: usize,
+    /// Largest call input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// When set, every `/v1` route requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Async calls running at once; the rest wait, `pending`.
+    pub async_concurrency: usize,
+    /// Async calls accepted but not finished; beyond this new ones get 429.
+    pub max_async_backlog: usize,
+}
+
+/// What a function version keeps in the store's opaque `config` column.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionConfig {
+    /// Per-call limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Policy fields this function overrides over its runtime's policy (a JSON
+    /// object; empty = the runtime's policy as it is).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub policy: serde_json::Map<String, serde_json::Value>,
+}
+
+impl FunctionConfig {
+    /// A version's config column, read leniently (defaults for what is missing).
+    pub fn of(version: &FunctionVersion) -> FunctionConfig {
+        <FunctionConfig as serde::Deserialize>::deserialize(&version.config).unwrap_or_default()
+    }
+}
+
+/// The name under which the wasm runtime's policy is kept in the runtimes table.
+pub const WASM_RUNTIME: &str = "wasm";
+
+/// Results of the service: errors carry their HTTP class.
+pub type ServiceResult<T> = Result<T, ApiError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything the handlers share.
+pub struct Service {
+    /// Durable state.
+    pub store: SharedStore,
+    /// The engine.
+    pub invoker: Invoker,
+    /// What every function and runtime is right now.
+    pub registry: Registry,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// Server settings.
+    pub config: ServerConfig,
+    /// Serialises deploys, policy changes and deletes, so versions are assigned in
+    /// request order.
+    deploy_lock: tokio::sync::Mutex<()>,
+    async_slots: Arc<Semaphore>,
+    async_backlog: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("store", &self.store)
+            .field("invoker", &self.invoker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service as handlers hold it.
+pub type SharedService = Arc<Service>;
+
+impl Service {
+    /// The service over an opened store and a ready invoker: loads the saved
+    /// runtimes (and runtime policies) and functions, then, in the background,
+    /// recovers calls and builds a dead process left unfinished.
+    pub async fn start(
+        store: SharedStore,
+        invoker: Invoker,
+        config: ServerConfig,
+    ) -> anyhow::Result<Arc<Service>> {
+        let registry = Registry::default();
+        let python = ContainerRuntime::builtin_python();
+        registry.set_runtime_policy(&python.name, python.policy.clone().unwrap_or_default());
+        for definition in store.runtimes().await? {
+            let name = definition["name"].as_str().unwrap_or_default().to_string();
+            let policy = serde_json::from_value(definition["policy"].clone()).ok();
+            if name == WASM_RUNTIME || name == python.name {
+                // Built-ins keep their definition; only their policy is saved.
+                if let Some(policy) = policy {
+                    registry.set_runtime_policy(&name, policy);
+                }
+                continue;
+            }
+            match serde_json::from_value::<ContainerRuntime>(definition) {
+                Ok(runtime) => {
+                    registry.set_runtime_policy(&name, runtime.policy.clone().unwrap_or_default());
+                    // Checked when it was first registered; the engine may be down now.
+                    if let Err(e) = invoker.register_runtime(runtime, false).await {
+                        tracing::warn!(runtime = %name, "ignoring a saved runtime: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("ignoring an unreadable saved runtime: {e}"),
+            }
+        }
+        for (runtime, policy) in registry.runtime_policies() {
+            invoker.set_runtime_policy(&runtime, &policy);
+        }
+        for version in store.current_versions().await? {
+            let ready = if version.status == VersionStatus::Ready {
+                Some(version.clone())
+            } else {
+                store
+                    .versions(&version.name)
+                    .await?
+                    .into_iter()
+                    .find(|v| v.status == VersionStatus::Ready)
+            };
+            registry.load(version, ready);
+        }
+        let service = Arc::new(Service {
+            store,
+            invoker,
+            registry,
+            metrics: crate::metrics::Metrics::default(),
+            async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
+            async_backlog: Arc::new(AtomicUsize::new(0)),
+            config,
+            deploy_lock: tokio::sync::Mutex::new(()),
+        });
+        service.recover().await?;
+        Ok(service)
+    }
+
+    /// Hands a function's resolved spec to its pool, and starts filling `min_warm`
+    /// now when the policy asks for instances ahead of calls.
+    fn apply(self: &Arc<Self>, spec: Arc<newt_runtime::FunctionSpec>) {
+        let fill =
+            spec.policy.min_warm > 0 && spec.policy.preload == newt_runtime::Preload::Function;
+        self.invoker.follow(&spec);
+        if fill {
+            let service = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = service.invoker.preload(&spec).await {
+                    tracing::warn!(function = %spec.name, "could not preload: {e}");
+                }
+            });
+        }
+    }
+
+    /// At start: fails calls a dead process left running, runs the accepted async
+    /// calls that never started, fills warm pools and restarts unfinished builds.
+    async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let recovery = self.store.recover().await?;
+        if recovery.interrupted > 0 {
+            tracing::warn!(
+                calls = recovery.interrupted,
+                "calls interrupted by the previous process marked failed"
+            );
+        }
+        let pending = recovery.pending.len();
+        for record in recovery.pending {
+            self.resume_async(record);
+        }
+        if pending > 0 {
+            tracing::info!(calls = pending, "resuming accepted async calls");
+        }
+        for name in self.registry.serving_names() {
+            if let Some(spec) = self.registry.serving(&name) {
+                self.apply(spec);
+            }
+        }
+        for version in self.registry.list() {
+            if version.status == VersionStatus::Pending {
+                let service = self.clone();
+                tokio::spawn(async move { service.build_version(version).await });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains every pool (shutdown) and flushes the records.
+    pub async fn shut_down(&self) {
+        self.invoker.drain_all().await;
+        self.store.close().await;
+    }
+}

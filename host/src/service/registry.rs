@@ -1,0 +1,216 @@
+//! The registry: the one owner of what every function is right now.
+//!
+//! For each function it holds the newest version (what `GET` shows) and, once one is
+//! ready, the serving version with its resolved [`FunctionSpec`] (limits parsed and
+//! the runtime's policy merged with the function's overrides, once per version or
+//! policy change). A call reads one `Arc<FunctionSpec>` and nothing else. It also holds
+//! the policy of each runtime, `wasm` included.
+
+use dashmap::DashMap;
+use newt_runtime::{FunctionSpec, Policy};
+use std::sync::Arc;
+
+use super::FunctionConfig;
+use crate::store::FunctionVersion;
+
+/// What a function is right now.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The newest version, whatever its status.
+    pub newest: FunctionVersion,
+    /// The newest ready version, which calls run, if any.
+    pub serving: Option<Served>,
+}
+
+/// A ready version and its resolved spec.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The stored version.
+    pub version: FunctionVersion,
+    /// What the engine runs.
+    pub spec: Arc<FunctionSpec>,
+}
+
+/// Functions and runtime policies, in memory, loaded from the store at start.
+#[derive(Debug, Default)]
+pub struct Registry {
+    functions: DashMap<String, Entry>,
+    runtime_policies: DashMap<String, Policy>,
+}
+
+impl Registry {
+    /// The policy of a runtime (the default for one that never set it).
+    pub fn runtime_policy(&self, runtime: &str) -> Policy {
+        self.runtime_policies
+            .get(runtime)
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets a runtime's policy and re-resolves the functions that run on it; returns
+    /// their new specs.
+    pub fn set_runtime_policy(&self, runtime: &str, policy: Policy) -> Vec<Arc<FunctionSpec>> {
+        self.runtime_policies.insert(runtime.to_string(), policy);
+        let mut changed = Vec::new();
+        for mut entry in self.functions.iter_mut() {
+            if let Some(served) = entry.serving.as_mut()
+                && served.version.runtime == runtime
+            {
+                served.spec = self.resolve(&served.version);
+                changed.push(served.spec.clone());
+            }
+        }
+        changed
+    }
+
+    /// Every runtime with a policy, by name.
+    pub fn runtime_policies(&self) -> Vec<(String, Policy)> {
+        let mut all: Vec<_> = self
+            .runtime_policies
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Forgets a runtime's policy.
+    pub fn remove_runtime(&self, runtime: &str) {
+        self.runtime_policies.remove(runtime);
+    }
+
+    /// A version's effective policy: its runtime's, with the version's overrides.
+    pub fn policy_of(&self, version: &FunctionVersion) -> Policy {
+        let base = self.runtime_policy(&version.runtime);
+        let overrides = FunctionConfig::of(version).policy;
+        base.patched(&serde_json::Value::Object(overrides))
+            .unwrap_or(base)
+    }
+
+    /// What the engine runs for a stored version.
+    pub fn resolve(&self, version: &FunctionVersion) -> Arc<FunctionSpec> {
+        let config = FunctionConfig::of(version);
+        Arc::new(FunctionSpec {
+            name: version.name.clone(),
+            version: version.version,
+            runtime: version.runtime.clone(),
+            digest: version.digest.clone(),
+            limits: config.limits,
+            policy: self.policy_of(version),
+        })
+    }
+
+    /// The spec calls of `name` run, if it has a ready version.
+    pub fn serving(&self, name: &str) -> Option<Arc<FunctionSpec>> {
+        self.functions
+            .get(name)
+            .and_then(|e| e.serving.as_ref().map(|s| s.spec.clone()))
+    }
+
+    /// What `name` is right now.
+    pub fn get(&self, name: &str) -> Option<Entry> {
+        self.functions.get(name).map(|e| e.clone())
+    }
+
+    /// The newest version of `name`.
+    pub fn newest(&self, name: &str) -> Option<FunctionVersion> {
+        self.functions.get(name).map(|e| e.newest.clone())
+    }
+
+    /// Every function's newest version, by name.
+    pub fn list(&self) -> Vec<FunctionVersion> {
+        let mut all: Vec<_> = self.functions.iter().map(|e| e.newest.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The names of the functions with a ready version.
+    pub fn serving_names(&self) -> Vec<String> {
+        self.functions
+            .iter()
+            .filter(|e| e.serving.is_some())
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// How many functions exist.
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+
+    /// Whether any function uses `runtime`.
+    pub fn users_of(&self, runtime: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .functions
+            .iter()
+            .filter(|e| e.newest.runtime == runtime)
+            .map(|e| e.key().clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Records a new newest version; a ready one also becomes the serving one.
+    pub fn set_newest(&self, version: FunctionVersion) -> Option<Arc<FunctionSpec>> {
+        let name = version.name.clone();
+        let served = (version.status == crate::store::VersionStatus::Ready).then(|| Served {
+            spec: self.resolve(&version),
+            version: version.clone(),
+        });
+        let spec = served.as_ref().map(|s| s.spec.clone());
+        let mut entry = self.functions.entry(name).or_insert_with(|| Entry {
+            newest: version.clone(),
+            serving: None,
+        });
+        entry.newest = version;
+        if served.is_some() {
+            entry.serving = served;
+        }
+        spec
+    }
+
+    /// Records that a version finished building, if it is still the newest; a ready
+    /// one becomes the serving one. Returns its spec when it does.
+    pub fn finish_build(&self, version: FunctionVersion) -> Option<Arc<FunctionSpec>> {
+        let mut entry = self.functions.get_mut(&version.name)?;
+        if entry.newest.version != version.version {
+            return None;
+        }
+        entry.newest = version.clone();
+        if version.status != crate::store::VersionStatus::Ready {
+            return None;
+        }
+        let spec = self.resolve(&version);
+        entry.serving = Some(Served {
+            version,
+            spec: spec.clone(),
+        });
+        Some(spec)
+    }
+
+    /// Replaces the stored config of the newest and serving versions (a policy
+    /// change); returns the serving spec, re-resolved.
+    pub fn set_config(&self, name: &str, config: &serde_json::Value) -> Option<Arc<FunctionSpec>> {
+        let mut entry = self.functions.get_mut(name)?;
+        entry.newest.config = config.clone();
+        let served = entry.serving.as_mut()?;
+        served.version.config = config.clone();
+        served.spec = self.resolve(&served.version);
+        Some(served.spec.clone())
+    }
+
+    /// Forgets a function.
+    pub fn remove(&self, name: &str) {
+        self.functions.remove(name);
+    }
+
+    /// Loads a function at start: its newest version and its newest ready one.
+    pub fn load(&self, newest: FunctionVersion, ready: Option<FunctionVersion>) {
+        let serving = ready.map(|version| Served {
+            spec: self.resolve(&version),
+            version,
+        });
+        self.functions
+            .insert(newest.name.clone(), Entry { newest, serving });
+    }
+}

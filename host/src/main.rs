@@ -5,15 +5,8 @@
 //! of a running server (`--server`), or a local helper for writing functions
 //! (`new`, `build`).
 
-mod api;
-mod bench;
-mod client;
-mod commands;
-mod metrics;
-mod server;
-mod store;
-
 use clap::{Parser, Subcommand};
+use newt_host::commands;
 
 /// newt: a sandboxed WebAssembly and container function host.
 #[derive(Debug, Parser)]

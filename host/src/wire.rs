@@ -1,7 +1,9 @@
 //! The JSON the API speaks, as types: built by the handlers, read by the CLI. One
 //! definition per shape, so server and client cannot drift.
 
-use newt_runtime::{ContainerRuntime, Limits, PoolStats, Policy, Preload, RuntimePoolStats, StartKind};
+use newt_runtime::{
+    ContainerRuntime, Limits, Policy, PoolStats, Preload, RuntimePoolStats, StartKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -247,7 +249,12 @@ pub struct RuntimeView {
 
 impl RuntimeView {
     /// The view of a runtime with its policy.
-    pub fn new(name: &str, definition: Option<&ContainerRuntime>, builtin: bool, policy: Policy) -> Self {
+    pub fn new(
+        name: &str,
+        definition: Option<&ContainerRuntime>,
+        builtin: bool,
+        policy: Policy,
+    ) -> Self {
         let mode = match definition {
             None => "wasm".to_string(),
             Some(r) => serde_json::to_value(r.mode)

@@ -23,7 +23,11 @@ use crate::wire::{
 const DEFAULT_RUNTIME: &str = "wasm";
 
 /// Turns a body rejection into our error; the size limit is the common case.
-pub(crate) fn body(bytes: Result<Bytes, BytesRejection>, limit: usize, what: &str) -> ApiResult<Bytes> {
+pub(crate) fn body(
+    bytes: Result<Bytes, BytesRejection>,
+    limit: usize,
+    what: &str,
+) -> ApiResult<Bytes> {
     bytes.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(
@@ -164,7 +168,11 @@ pub async fn deploy(
     let options = deploy_options(&query, wait)?;
     let bundle = read_bundle(&service, request).await?;
     let deployed = service.deploy(&name, options, bundle).await?;
-    Ok((deployed_status(&deployed), Json(FunctionView::from(deployed.version()))).into_response())
+    Ok((
+        deployed_status(&deployed),
+        Json(FunctionView::from(deployed.version())),
+    )
+        .into_response())
 }
 
 /// The status a deploy answers with.
@@ -250,7 +258,12 @@ pub async fn pools(State(service): State<SharedService>) -> Json<PoolsView> {
 /// `GET /v1/functions`.
 pub async fn list(State(service): State<SharedService>) -> Json<FunctionList> {
     Json(FunctionList {
-        functions: service.registry.list().iter().map(FunctionView::from).collect(),
+        functions: service
+            .registry
+            .list()
+            .iter()
+            .map(FunctionView::from)
+            .collect(),
     })
 }
 

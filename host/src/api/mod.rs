@@ -96,12 +96,10 @@ async fn healthz(
     let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "functions": state.registry.len(),
+        "functions": state.registry.count(),
     });
     // Each backend under its own name (`wasm`, `docker`).
-    body.as_object_mut()
-        .expect("an object")
-        .extend(backends);
+    body.as_object_mut().expect("an object").extend(backends);
     axum::Json(body)
 }
 

@@ -40,20 +40,21 @@ pub async fn in_process(samples: usize) -> anyhow::Result<Row> {
     })
     .context("starting the wasm engine")?;
     let invoker = Invoker::new(cas).with_executor(wasm);
-    let spec = FunctionSpec {
+    let spec = std::sync::Arc::new(FunctionSpec {
         name: "bench-floor".into(),
         version: 1,
         runtime: "wasm".into(),
         digest: digest.to_string(),
         limits: Limits::default(),
-    };
+        policy: newt_runtime::Policy::default(),
+    });
     let call = async || -> anyhow::Result<()> {
         let request = CallRequest {
             call_id: "bench".into(),
             input: Bytes::from_static(fixtures::INPUT.as_bytes()),
         };
         let outcome = invoker
-            .invoke(&spec, request)
+            .invoke(&spec, request, Instant::now() + spec.limits.timeout())
             .await
             .context("in-process call")?;
         if outcome.result != CallResult::Done {

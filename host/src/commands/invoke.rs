@@ -94,7 +94,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<()> {
     }
     let output = response.bytes().await.context("reading the output")?;
     if args.client.json {
-        let output_json = crate::api::calls::bytes_json(&output);
+        let output_json = crate::wire::bytes_json(&output);
         let summary = serde_json::json!({
             "call_id": call_id, "start": start, "server_timing": timing, "output": output_json,
         });

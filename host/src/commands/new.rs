@@ -507,17 +507,19 @@ mod tests {
             pooling: false,
         })?;
         let invoker = Invoker::new(cas).with_executor(executor);
-        let spec = FunctionSpec {
+        let spec = std::sync::Arc::new(FunctionSpec {
             name: "greeter".into(),
             version: 1,
             runtime: "wasm".into(),
             digest: digest.to_string(),
             limits: Limits::default(),
-        };
+            policy: newt_runtime::Policy::default(),
+        });
         let request = CallRequest {
             call_id: "scaffold".into(),
             input: bytes::Bytes::from_static(br#"{"name":"x"}"#),
         };
-        Ok(invoker.invoke(&spec, request).await?)
+        let deadline = std::time::Instant::now() + spec.limits.timeout();
+        Ok(invoker.invoke(&spec, request, deadline).await?)
     }
 }

@@ -3,14 +3,13 @@
 use anyhow::{Context, bail};
 use axum::body::Body;
 use axum::http::Request;
-use newt_runtime::{Cas, DockerConfig, DockerExecutor, Invoker, WasmConfig, WasmExecutor};
+use newt_runtime::{DockerExecutor, Executor};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tower::ServiceExt;
 
-use crate::server::{AppState, ServerConfig};
-use crate::store::{SharedStore, SqliteStore};
+use crate::service::ServerConfig;
 
 /// The address `newt serve` binds unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -116,23 +115,6 @@ async fn serve(
     home: PathBuf,
     deploys: Vec<(String, PathBuf)>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&home)
-        .with_context(|| format!("creating newt's home {}", home.display()))?;
-    let store: SharedStore = Arc::new(SqliteStore::open(&home.join("newt.db"))?);
-    let cas = Cas::open(home.join("cas")).context("opening the content store")?;
-    let wasm = WasmExecutor::new(WasmConfig {
-        cache_dir: home.join("cache"),
-        pooling: !args.no_pooling,
-    })
-    .context("starting the wasm engine")?;
-    let docker = Arc::new(DockerExecutor::new(DockerConfig {
-        address: std::env::var("DOCKER_HOST").ok(),
-        work_dir: home.join("docker"),
-        host_id: host_id(&home),
-    }));
-    let invoker = Invoker::new(cas)
-        .with_executor(wasm)
-        .with_shared_executor(docker.clone());
     let config = ServerConfig {
         max_bundle_bytes: args.max_bundle_bytes,
         max_input_bytes: args.max_input_bytes,
@@ -140,11 +122,18 @@ async fn serve(
         async_concurrency: args.async_concurrency,
         max_async_backlog: args.max_async_backlog,
     };
+    let (service, docker) = crate::build_service(
+        &home,
+        crate::ServiceOptions {
+            config,
+            pooling: !args.no_pooling,
+            docker_host: std::env::var("DOCKER_HOST").ok(),
+        },
+    )
+    .await?;
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
-    let state = Arc::new(AppState::new(store.clone(), invoker, docker.clone(), config).await?);
-    state.recover().await?;
-    let app = crate::api::app(state.clone());
+    let app = crate::api::app(service.clone());
 
     for (name, path) in &deploys {
         deploy_at_start(&app, token.as_deref(), name, path).await?;
@@ -184,16 +173,12 @@ async fn serve(
             tokio::time::sleep(grace).await;
         } => tracing::warn!(secs = grace.as_secs(), "calls still running after the grace period: stopping anyway"),
     }
-    state.invoker.drain_all().await;
     tracing::info!("shutting down: flushing call records, removing containers");
-    store.close().await;
+    service.shut_down().await;
     remove_leftover_containers(&docker, "at shutdown").await;
     Ok(())
 }
 
-/// Builds the built-in python runtime's base image in the background if it is
-/// missing (about a minute, once per machine), so the first Python deploy does not
-/// wait for it. Progress goes to the log.
 fn prepare_python_image(docker: Arc<DockerExecutor>) {
     tokio::spawn(async move {
         let python = newt_runtime::ContainerRuntime::builtin_python();
@@ -207,15 +192,6 @@ fn prepare_python_image(docker: Arc<DockerExecutor>) {
 }
 
 /// A short stable id for this home, so hosts sharing an engine keep apart.
-fn host_id(home: &std::path::Path) -> String {
-    use sha2::Digest as _;
-    let canonical = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
-    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-    hex::encode(&digest[..6])
-}
-
-/// Containers carrying newt's label belong to no live process: remove them. Without
-/// a reachable engine there is nothing to do (and wasm works regardless).
 async fn remove_leftover_containers(docker: &DockerExecutor, when: &str) {
     let health = docker.health().await;
     if !health.reachable {

@@ -130,7 +130,11 @@ impl Service {
 
     /// Accepts an async call of `name`: durable before this returns, run in the
     /// background. Returns the record as accepted.
-    pub async fn invoke_async(self: &Arc<Self>, name: &str, input: Bytes) -> ServiceResult<CallRecord> {
+    pub async fn invoke_async(
+        self: &Arc<Self>,
+        name: &str,
+        input: Bytes,
+    ) -> ServiceResult<CallRecord> {
         let spec = self.serving(name)?;
         let record = self.new_call(&spec, input, true);
         let max = self.config.max_async_backlog;

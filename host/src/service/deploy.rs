@@ -3,7 +3,7 @@
 //! versions are assigned in request order.
 
 use bytes::Bytes;
-use newt_runtime::{FunctionSpec, Limits, PoolStats, Policy};
+use newt_runtime::{FunctionSpec, Limits, Policy, PoolStats};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -210,7 +210,10 @@ impl Service {
     /// Builds a pending version (an image) and records `ready` or `failed` with the
     /// reason. Preparing installs the version's pool too, so its first call does not
     /// pay for the image checks and unpacking again.
-    pub(super) async fn build_version(self: &Arc<Self>, version: FunctionVersion) -> FunctionVersion {
+    pub(super) async fn build_version(
+        self: &Arc<Self>,
+        version: FunctionVersion,
+    ) -> FunctionVersion {
         let spec = self.registry.resolve(&version);
         let started = std::time::Instant::now();
         let built = self.invoker.preload(&spec).await;

@@ -134,11 +134,11 @@ impl Registry {
     }
 
     /// How many functions exist.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.functions.len()
     }
 
-    /// Whether any function uses `runtime`.
+    /// The functions that use `runtime`.
     pub fn users_of(&self, runtime: &str) -> Vec<String> {
         let mut users: Vec<String> = self
             .functions

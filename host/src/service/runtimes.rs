@@ -16,7 +16,10 @@ fn is_builtin(name: &str) -> bool {
 impl Service {
     /// Registers (or replaces) a container runtime after checking its image is on the
     /// engine.
-    pub async fn register_runtime(&self, runtime: ContainerRuntime) -> ServiceResult<ContainerRuntime> {
+    pub async fn register_runtime(
+        &self,
+        runtime: ContainerRuntime,
+    ) -> ServiceResult<ContainerRuntime> {
         runtime.validate()?;
         if is_builtin(&runtime.name) {
             return Err(ApiError::Conflict(format!(

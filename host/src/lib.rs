@@ -1,0 +1,74 @@
+//! newt's host: the HTTP API, the service that owns deploys, calls and records, the
+//! store, and the CLI, over the engine in `newt-runtime`.
+//!
+//! Where a request goes:
+//! ```text
+//! HTTP (api/: parse, auth, limits) -> service/ (registry, deploy, calls, runtimes)
+//!        -> newt_runtime::Invoker (executors, pools)     -> store/ (Store trait; SQLite)
+//! ```
+//! [`app`] builds the whole HTTP application over a [`service::Service`], so tests can
+//! drive it in-process without a socket ([`build_service`] makes one on a home
+//! directory); `newt serve` binds it to a port.
+
+pub mod api;
+pub mod bench;
+pub mod client;
+pub mod commands;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod wire;
+
+pub use api::app;
+
+use anyhow::Context;
+use newt_runtime::{Cas, DockerConfig, DockerExecutor, Invoker, WasmConfig, WasmExecutor};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How to build a service on a home directory.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// Server limits and settings.
+    pub config: service::ServerConfig,
+    /// Use the wasm pooling allocator.
+    pub pooling: bool,
+    /// The Docker engine's address (`DOCKER_HOST`); the default socket if `None`.
+    pub docker_host: Option<String>,
+}
+
+/// A service on `home` (database, content store, caches), with the wasm and docker
+/// executors. Returns the docker executor too, for start-up and shutdown chores
+/// (base image, leftover containers).
+pub async fn build_service(
+    home: &Path,
+    options: ServiceOptions,
+) -> anyhow::Result<(service::SharedService, Arc<DockerExecutor>)> {
+    std::fs::create_dir_all(home)
+        .with_context(|| format!("creating newt's home {}", home.display()))?;
+    let store: store::SharedStore = Arc::new(store::SqliteStore::open(&home.join("newt.db"))?);
+    let cas = Cas::open(home.join("cas")).context("opening the content store")?;
+    let wasm = WasmExecutor::new(WasmConfig {
+        cache_dir: home.join("cache"),
+        pooling: options.pooling,
+    })
+    .context("starting the wasm engine")?;
+    let docker = Arc::new(DockerExecutor::new(DockerConfig {
+        address: options.docker_host,
+        work_dir: home.join("docker"),
+        host_id: host_id(home),
+    }));
+    let invoker = Invoker::new(cas)
+        .with_executor(wasm)
+        .with_shared_executor(docker.clone());
+    let service = service::Service::start(store, invoker, options.config).await?;
+    Ok((service, docker))
+}
+
+/// Names this host among others sharing a Docker engine: a hash of its home.
+fn host_id(home: &Path) -> String {
+    use sha2::Digest as _;
+    let canonical = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}

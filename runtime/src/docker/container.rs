@@ -69,7 +69,13 @@ impl Drop for ContainerInstance {
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
-            handle.spawn(async move { remove(&docker, &id).await });
+            handle.spawn(async move {
+                remove(&docker, &id).await;
+                // A create still in flight at the engine when its caller vanished may
+                // finish after the first removal: look once more.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                remove(&docker, &id).await;
+            });
         }
     }
 }
@@ -199,17 +205,10 @@ async fn start_by(
         host_config: Some(host_config(limits)),
         ..Default::default()
     };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-            body,
-        )
-        .await
-        .map_err(|e| docker_error("creating a container", e))?;
-    // From here on the instance owns the container: however this start ends, it is
-    // either returned or removed.
+    // The instance owns the container from before it exists: a caller that vanishes
+    // while the engine is still creating it leaves a drop that removes it by name.
     let mut instance = ContainerInstance {
-        id: created.id,
+        id: name.clone(),
         docker: docker.clone(),
         mode: runtime.mode,
         workdir: runtime.path.clone(),
@@ -219,6 +218,13 @@ async fn start_by(
         spent: false,
         removed: false,
     };
+    docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .map_err(|e| docker_error("creating a container", e))?;
     let started = async {
         let id = instance.id.clone();
         if agent {

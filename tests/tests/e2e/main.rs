@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod bench;
+mod cancel;
 mod cli;
 mod containers;
 mod limits;

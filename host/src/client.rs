@@ -2,6 +2,8 @@
 
 use anyhow::{Context, bail};
 use reqwest::{Method, RequestBuilder, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Where the CLI finds the server unless told otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
@@ -67,14 +69,34 @@ impl Client {
         Err(server_error(response).await)
     }
 
-    /// GETs JSON.
-    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let response = self.send(self.request(Method::GET, path)).await?;
+    /// Sends a request and decodes its JSON answer as `T`: a type of
+    /// [`crate::wire`], or a [`serde_json::Value`] to keep it as the server sent it.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = self.send(request).await?;
         response
             .json()
             .await
             .context("the server sent invalid JSON")
     }
+
+    /// GETs `path` and decodes its JSON answer as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send_json(self.request(Method::GET, path)).await
+    }
+
+    /// GETs JSON, untyped.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.get(path).await
+    }
+}
+
+/// Decodes an answer already read as JSON (kept raw for `--json`) into a wire type.
+pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(value)
+        .context("the server's answer does not have the shape this newt expects")
 }
 
 /// Turns an error response into a message: the server's own when it sent one.
@@ -123,18 +145,21 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A JSON field as text for a table cell (`-` when absent).
-pub fn cell(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A field as text for a table cell, written as it is in JSON (`-` when absent,
+/// strings without quotes): the same text whether it comes from a wire type or a
+/// [`serde_json::Value`].
+pub fn cell<T: Serialize + ?Sized>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Null) | Err(_) => "-".into(),
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
     }
 }
 
-/// Unix milliseconds as a UTC timestamp (`2026-11-23 16:30:05`).
-pub fn timestamp(ms: &serde_json::Value) -> String {
-    let Some(ms) = ms.as_i64() else {
+/// Unix milliseconds (an integer, an `Option` of one, or a JSON number) as a UTC
+/// timestamp (`2026-11-23 16:30:05`); `-` when absent.
+pub fn timestamp<T: Serialize + ?Sized>(ms: &T) -> String {
+    let Some(ms) = serde_json::to_value(ms).ok().and_then(|v| v.as_i64()) else {
         return "-".into();
     };
     let secs = ms.div_euclid(1000);
@@ -173,6 +198,23 @@ mod tests {
             "2026-11-23 16:30:05"
         );
         assert_eq!(timestamp(&serde_json::Value::Null), "-");
+        assert_eq!(timestamp(&Some(0_i64)), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(&None::<i64>), "-");
+    }
+
+    #[test]
+    fn typed_cells_read_like_their_json() {
+        use crate::store::CallStatus;
+        use newt_runtime::StartKind;
+        assert_eq!(cell(&CallStatus::Done), "done");
+        assert_eq!(cell(&Some(StartKind::Cold)), "cold");
+        assert_eq!(cell(&None::<StartKind>), "-");
+        assert_eq!(cell("dice"), "dice");
+        assert_eq!(cell(&7_i64), "7");
+        // Floats as serde_json writes them, as before: `2.0`, not `2`.
+        assert_eq!(cell(&Some(2.0_f64)), "2.0");
+        assert_eq!(cell(&Some(0.125_f64)), "0.125");
+        assert_eq!(cell(&serde_json::json!(2.0)), "2.0");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `newt call ID`: show one call in full.
 
-use crate::client::{Client, ClientOpts, cell, encode, timestamp};
+use crate::client::{Client, ClientOpts, cell, decode, encode, timestamp};
+use crate::wire::CallDetailView;
 
 /// Arguments of `newt call`.
 #[derive(Debug, clap::Args)]
@@ -14,40 +15,42 @@ pub struct CallArgs {
 /// Prints the call's status, timings, output, error and logs.
 pub async fn run(args: CallArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.client)?;
-    let call = client
-        .get_json(&format!("/v1/calls/{}", encode(&args.id)))
+    let body: serde_json::Value = client
+        .get(&format!("/v1/calls/{}", encode(&args.id)))
         .await?;
     if args.client.json {
-        println!("{}", serde_json::to_string_pretty(&call)?);
+        println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let t = &call["timings"];
-    println!("call      {}", cell(&call["id"]));
+    let detail: CallDetailView = decode(body)?;
+    let call = &detail.call;
+    let t = &call.timings;
+    println!("call      {}", cell(&call.id));
     println!(
         "function  {} v{}",
-        cell(&call["function"]),
-        cell(&call["version"])
+        cell(&call.function),
+        cell(&call.version)
     );
-    println!("status    {}", cell(&call["status"]));
-    println!("start     {}", cell(&call["start"]));
+    println!("status    {}", cell(&call.status));
+    println!("start     {}", cell(&call.start));
     println!(
         "timings   queue {} ms, init {} ms, exec {} ms",
-        cell(&t["queue_ms"]),
-        cell(&t["init_ms"]),
-        cell(&t["exec_ms"])
+        cell(&t.queue_ms),
+        cell(&t.init_ms),
+        cell(&t.exec_ms)
     );
-    println!("created   {} UTC", timestamp(&call["created_at"]));
-    println!("input     {}", call["input"]);
-    if !call["output"].is_null() {
-        println!("output    {}", call["output"]);
+    println!("created   {} UTC", timestamp(&call.created_at));
+    // Input and output are the call's own JSON (or strings): printed as JSON.
+    println!("input     {}", detail.input);
+    if !detail.output.is_null() {
+        println!("output    {}", detail.output);
     }
-    if !call["error"].is_null() {
-        println!("error     {}", cell(&call["error"]));
+    if let Some(error) = &call.error {
+        println!("error     {error}");
     }
-    let logs = call["logs"].as_str().unwrap_or("");
-    if !logs.is_empty() {
+    if !detail.logs.is_empty() {
         println!("logs:");
-        for line in logs.lines() {
+        for line in detail.logs.lines() {
             println!("  {line}");
         }
     }

@@ -1,6 +1,7 @@
 //! `newt calls`: list recent calls, newest first.
 
-use crate::client::{Client, ClientOpts, cell, encode, print_table, timestamp};
+use crate::client::{Client, ClientOpts, cell, decode, encode, print_table, timestamp};
+use crate::wire::CallList;
 
 /// Arguments of `newt calls`.
 #[derive(Debug, clap::Args)]
@@ -29,26 +30,26 @@ pub async fn run(args: CallsArgs) -> anyhow::Result<()> {
     if let Some(status) = &args.status {
         query.push(format!("status={}", encode(status)));
     }
-    let body = client
-        .get_json(&format!("/v1/calls?{}", query.join("&")))
+    let body: serde_json::Value = client
+        .get(&format!("/v1/calls?{}", query.join("&")))
         .await?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = body["calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let list: CallList = decode(body)?;
+    let rows: Vec<Vec<String>> = list
+        .calls
+        .iter()
         .map(|c| {
             vec![
-                cell(&c["id"]),
-                cell(&c["function"]),
-                cell(&c["version"]),
-                cell(&c["status"]),
-                cell(&c["start"]),
-                cell(&c["timings"]["exec_ms"]),
-                timestamp(&c["created_at"]),
+                cell(&c.id),
+                cell(&c.function),
+                cell(&c.version),
+                cell(&c.status),
+                cell(&c.start),
+                cell(&c.timings.exec_ms),
+                timestamp(&c.created_at),
             ]
         })
         .collect();

@@ -4,7 +4,8 @@ use anyhow::Context;
 use reqwest::Method;
 use std::path::PathBuf;
 
-use crate::client::{Client, ClientOpts, encode};
+use crate::client::{Client, ClientOpts, decode, encode};
+use crate::wire::FunctionView;
 
 /// Arguments of `newt deploy`.
 #[derive(Debug, clap::Args)]
@@ -88,17 +89,18 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         202 => "building",
         _ => "unchanged:",
     };
-    let function: serde_json::Value = response.json().await.context("invalid JSON from server")?;
+    let body: serde_json::Value = response.json().await.context("invalid JSON from server")?;
     if args.client.json {
-        println!("{}", serde_json::to_string_pretty(&function)?);
+        println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
-        let digest = function["digest"].as_str().unwrap_or("");
+        let function: FunctionView = decode(body)?;
+        let digest = &function.digest;
         println!(
             "{} {} v{} ({} bytes, sha256 {})",
             verb,
             args.name,
-            function["version"],
-            function["size"],
+            function.version,
+            function.size,
             &digest[..digest.len().min(12)]
         );
         if verb == "building" {

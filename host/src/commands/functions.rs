@@ -1,6 +1,7 @@
 //! `newt functions`: list deployed functions.
 
-use crate::client::{Client, ClientOpts, cell, print_table, timestamp};
+use crate::client::{Client, ClientOpts, cell, decode, print_table, timestamp};
+use crate::wire::FunctionList;
 
 /// Arguments of `newt functions`.
 #[derive(Debug, clap::Args)]
@@ -12,23 +13,23 @@ pub struct FunctionsArgs {
 /// Prints one row per function.
 pub async fn run(args: FunctionsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.client)?;
-    let body = client.get_json("/v1/functions").await?;
+    let body: serde_json::Value = client.get("/v1/functions").await?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = body["functions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let list: FunctionList = decode(body)?;
+    let rows: Vec<Vec<String>> = list
+        .functions
+        .iter()
         .map(|f| {
             vec![
-                cell(&f["name"]),
-                cell(&f["version"]),
-                cell(&f["runtime"]),
-                cell(&f["status"]),
-                cell(&f["size"]),
-                timestamp(&f["created_at"]),
+                cell(&f.name),
+                cell(&f.version),
+                cell(&f.runtime),
+                cell(&f.status),
+                cell(&f.size),
+                timestamp(&f.created_at),
             ]
         })
         .collect();

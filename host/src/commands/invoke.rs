@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use crate::client::{Client, ClientOpts, encode, server_error};
+use crate::wire::AcceptedView;
 
 /// Arguments of `newt invoke`.
 #[derive(Debug, clap::Args)]
@@ -80,6 +81,11 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<()> {
         if args.client.json {
             println!("{}", response.text().await?);
         } else {
+            let accepted: AcceptedView = response
+                .json()
+                .await
+                .context("the server sent invalid JSON")?;
+            let call_id = accepted.call_id;
             println!("{call_id}");
             eprintln!("accepted; see the result with: newt call {call_id}");
         }

@@ -1,6 +1,7 @@
 //! `newt pools`: every live pool, its instances and how calls started.
 
-use crate::client::{Client, ClientOpts, cell, print_table};
+use crate::client::{Client, ClientOpts, cell, decode, print_table};
+use crate::wire::PoolsView;
 
 /// Arguments of `newt pools`.
 #[derive(Debug, clap::Args)]
@@ -12,30 +13,30 @@ pub struct PoolsArgs {
 /// Prints one row per pool.
 pub async fn run(args: PoolsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.client)?;
-    let body = client.get_json("/v1/pools").await?;
+    let body: serde_json::Value = client.get("/v1/pools").await?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = body["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let view: PoolsView = decode(body)?;
+    let rows: Vec<Vec<String>> = view
+        .pools
+        .iter()
         .map(|p| {
             vec![
-                cell(&p["function"]),
-                cell(&p["version"]),
-                cell(&p["runtime"]),
-                cell(&p["preload"]),
-                cell(&p["idle"]),
-                cell(&p["busy"]),
-                cell(&p["starting"]),
-                cell(&p["waiting"]),
+                cell(&p.function),
+                cell(&p.version),
+                cell(&p.runtime),
+                cell(&p.preload),
+                cell(&p.idle),
+                cell(&p.busy),
+                cell(&p.starting),
+                cell(&p.waiting),
                 format!(
                     "{}/{}/{}",
-                    cell(&p["starts"]["cold"]),
-                    cell(&p["starts"]["prewarmed"]),
-                    cell(&p["starts"]["warm"])
+                    cell(&p.starts.get("cold")),
+                    cell(&p.starts.get("prewarmed")),
+                    cell(&p.starts.get("warm"))
                 ),
             ]
         })

@@ -4,7 +4,8 @@ use anyhow::Context;
 use reqwest::Method;
 use std::path::PathBuf;
 
-use crate::client::{Client, ClientOpts, cell, encode, print_table};
+use crate::client::{Client, ClientOpts, cell, decode, encode, print_table};
+use crate::wire::{RuntimeList, RuntimeView};
 
 /// Arguments of `newt runtimes`.
 #[derive(Debug, clap::Args)]
@@ -28,10 +29,10 @@ pub async fn run(args: RuntimesArgs) -> anyhow::Result<()> {
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let runtime: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", file.display()))?;
-        client
-            .send(client.request(Method::POST, "/v1/runtimes").json(&runtime))
+        let registered: RuntimeView = client
+            .send_json(client.request(Method::POST, "/v1/runtimes").json(&runtime))
             .await?;
-        println!("registered {}", cell(&runtime["name"]));
+        println!("registered {}", registered.name);
         return Ok(());
     }
     if let Some(name) = &args.remove {
@@ -40,23 +41,16 @@ pub async fn run(args: RuntimesArgs) -> anyhow::Result<()> {
         println!("removed {name}");
         return Ok(());
     }
-    let body = client.get_json("/v1/runtimes").await?;
+    let body: serde_json::Value = client.get("/v1/runtimes").await?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = body["runtimes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                cell(&r["name"]),
-                cell(&r["mode"]),
-                cell(&r["image"]),
-                cell(&r["run"]),
-            ]
-        })
+    let list: RuntimeList = decode(body)?;
+    let rows: Vec<Vec<String>> = list
+        .runtimes
+        .iter()
+        .map(|r| vec![cell(&r.name), cell(&r.mode), cell(&r.image), cell(&r.run)])
         .collect();
     print_table(&["NAME", "MODE", "IMAGE", "RUN"], &rows);
     Ok(())

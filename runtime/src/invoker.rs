@@ -436,3 +436,146 @@ fn drain_in_background(slot: Arc<Slot>) {
         tokio::spawn(async move { deployment.drain().await });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::StartKind;
+    use crate::policy::Preload;
+    use crate::testing::Fake;
+
+    struct Harness {
+        _home: tempfile::TempDir,
+        invoker: Invoker,
+        fake: Arc<Fake>,
+        digest: String,
+    }
+
+    fn harness() -> Harness {
+        let home = tempfile::tempdir().unwrap();
+        let cas = Cas::open(home.path().join("cas")).unwrap();
+        let digest = cas.put(b"bundle").unwrap().to_string();
+        let fake = Arc::new(Fake::default());
+        Harness {
+            invoker: Invoker::new(cas).with_shared_executor(fake.clone()),
+            _home: home,
+            fake,
+            digest,
+        }
+    }
+
+    impl Harness {
+        fn spec(&self, version: i64, policy: Policy) -> Arc<FunctionSpec> {
+            Arc::new(FunctionSpec {
+                name: "f".into(),
+                version,
+                runtime: "fake".into(),
+                digest: self.digest.clone(),
+                limits: Default::default(),
+                policy,
+            })
+        }
+
+        async fn call(&self, spec: &Arc<FunctionSpec>) -> CallOutcome {
+            let request = CallRequest {
+                call_id: "c".into(),
+                input: Bytes::from_static(b"x"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            self.invoker.invoke(spec, request, deadline).await.unwrap()
+        }
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(2);
+        while !check() {
+            assert!(Instant::now() < until, "never happened: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_replaces_the_pool_and_an_older_spec_never_brings_it_back() {
+        let h = harness();
+        let v1 = h.spec(1, Policy::default());
+        h.call(&v1).await;
+        assert_eq!(h.invoker.pool("f").unwrap().version, 1);
+        assert_eq!(h.invoker.pool("f").unwrap().idle, 1);
+
+        let v2 = h.spec(2, Policy::default());
+        h.call(&v2).await;
+        assert_eq!(h.invoker.pool("f").unwrap().version, 2);
+        // The old pool is drained: its idle instance is destroyed.
+        eventually("v1's instance destroyed", || {
+            h.fake.alive.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+
+        // A caller that read v1 just before the redeploy runs on v2.
+        h.call(&v1).await;
+        assert_eq!(h.invoker.pool("f").unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_of_the_same_version_is_followed_at_once() {
+        let h = harness();
+        let cold = h.spec(1, Policy::default());
+        h.invoker.preload(&cold).await.unwrap();
+        assert_eq!(h.invoker.pool("f").unwrap().idle, 0);
+        let warm = h.spec(
+            1,
+            Policy {
+                min_warm: 3,
+                ..Policy::default()
+            },
+        );
+        h.invoker.follow(&warm);
+        eventually("three warm instances", || {
+            h.invoker.pool("f").is_some_and(|p| p.idle == 3)
+        })
+        .await;
+        assert_eq!(h.invoker.pool("f").unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn runtime_policies_fill_runtime_level_pools_that_functions_claim() {
+        let h = harness();
+        let policy = Policy {
+            preload: Preload::Runtime,
+            min_warm: 1,
+            ..Policy::default()
+        };
+        h.invoker.set_runtime_policy("fake", &policy);
+        eventually("one generic instance", || {
+            h.invoker.runtime_pool("fake").is_some_and(|p| p.idle == 1)
+        })
+        .await;
+        let outcome = h.call(&h.spec(1, policy)).await;
+        assert_eq!(outcome.start, StartKind::Prewarmed);
+        let stats = h.invoker.runtime_pool("fake").unwrap();
+        assert_eq!(stats.left.get("claimed"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn unknown_runtimes_and_missing_bundles_are_errors() {
+        let h = harness();
+        let mut spec = (*h.spec(1, Policy::default())).clone();
+        spec.digest = crate::cas::Digest::of(b"not stored").to_string();
+        let err = h
+            .invoker
+            .invoke(
+                &Arc::new(spec),
+                CallRequest {
+                    call_id: "c".into(),
+                    input: Bytes::new(),
+                },
+                Instant::now() + Duration::from_secs(1),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::MissingBundle { .. }), "{err}");
+        let fake_only = Invoker::new(h.invoker.cas().clone());
+        let err = fake_only.prepares_in_background("fake").unwrap_err();
+        assert!(matches!(err, Error::UnknownRuntime(_)), "{err}");
+    }
+}

@@ -1,21 +1,34 @@
 //! newt's engine: runs function calls in pooled, sandboxed instances.
 //!
 //! No HTTP and no database here: the host (`newt-host`) owns those and drives this
-//! crate through four pieces.
+//! crate through one front door, the [`Invoker`]:
+//!
+//! ```text
+//! Invoker::invoke(&Arc<FunctionSpec>, CallRequest, deadline)
+//!   -> the function's pool (one per version; a newer version drains the older)
+//!        acquire by the deadline: idle (warm) | runtime-level instance + load
+//!        (prewarmed) | create (cold)            -- a Lease guard holds the place
+//!   -> Executor::invoke(instance, call, deadline) -> CallOutcome
+//! ```
 //!
 //! - [`Cas`]: bundles stored once by sha256, written atomically.
-//! - [`Executor`]: a backend that can prepare a function, create instances of it,
-//!   invoke a call in one and destroy it. [`WasmExecutor`] runs WASI preview 1 modules
-//!   in-process on wasmtime; containers are a peer behind the same trait.
-//! - pools (`pool.rs`): where a call finds its instance, how it started
-//!   ([`StartKind`]), and how warm they are kept ([`Policy`]: `none`, `runtime`,
-//!   `function`, with `min_warm`, `max_instances`, `keep_alive`).
-//! - [`Invoker`]: maps a function to the executor of its runtime and the pool of its
-//!   current version; the host calls [`Invoker::invoke`] with a [`FunctionSpec`] and a
-//!   [`CallRequest`] and gets a [`CallOutcome`].
+//! - [`Executor`]: a backend that checks uploads, prepares a function, creates
+//!   instances of it (or generic runtime-level ones it can load a function into),
+//!   invokes a call in one and destroys it. [`WasmExecutor`] runs WASI preview 1
+//!   modules in-process on wasmtime; [`DockerExecutor`] runs container runtimes. They
+//!   are peers: the host asks the invoker, never a backend by name.
+//! - pools (`pool.rs`): one type for both levels (a function's instances, a runtime's
+//!   generic instances), one maintainer (refill `min_warm`, evict after
+//!   `keep_alive`), following a [`Policy`]. Every count a call holds is a guard, so a
+//!   caller that vanishes at any await gives its place back and its mid-call instance
+//!   is destroyed.
+//! - One absolute deadline per call covers queueing, starting (a wasm start function,
+//!   a container's start and agent init) and running.
 //!
 //! A function failing is a [`CallOutcome`] with [`CallResult::Failed`] or
 //! [`CallResult::Timeout`]; [`Error`] is reserved for what keeps a call from running.
+
+#![warn(missing_docs)]
 
 mod bundle;
 mod cas;
@@ -26,6 +39,8 @@ mod invoker;
 mod limits;
 mod policy;
 mod pool;
+#[cfg(test)]
+mod testing;
 mod wasm;
 
 pub use bundle::{ArchiveKind, BundleLimits, Unpacked, pack, unpack};

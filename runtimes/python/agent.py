@@ -25,7 +25,7 @@ An image built for one function has its code in `workdir` already. A runtime-lev
 instance (the bare runtime image, started before any function claims it, with a
 read-only root) gets the code in `init` instead: `bundle` is a base64 .tar.gz or .zip
 that the agent unpacks into `workdir`, which must then be writable (a tmpfs). The host
-starts such an instance with `NEWT_STEM=1`; the agent then imports what unpacking needs
+starts such an instance with `NEWT_RUNTIME_LEVEL=1`; the agent then imports what unpacking needs
 while it waits, so loading a function costs no module imports.
 
 Standard library only: it runs on Debian bookworm's python3 (3.11) and on 3.12.
@@ -411,7 +411,7 @@ class Agent:
 
 
 def main():
-    if os.environ.get("NEWT_STEM") == "1":
+    if os.environ.get("NEWT_RUNTIME_LEVEL") == "1":
         preload_unpacking()
     channel = Channel()
     capture = Capture(sys.__stderr__)

@@ -333,11 +333,11 @@ class AgentTest(unittest.TestCase):
                 self.assertIn("bundle entry", reply["error"])
 
     def test_runtime_level_instance_imports_unpacking_before_init(self):
-        # What a stem needs for `init` is loaded while it waits, not during the claim.
+        # What a runtime-level instance needs for `init` is loaded while it waits, not during the claim.
         main_py = ("import sys\n"
                    "def handler(event):\n"
                    "    return 'tarfile' in sys.modules\n")
-        for env, expected in (({"NEWT_STEM": "1"}, True), ({}, False)):
+        for env, expected in (({"NEWT_RUNTIME_LEVEL": "1"}, True), ({}, False)):
             with self.subTest(env=env):
                 agent = self.start(main_py, env=env)
                 self.assertEqual(agent.init()["type"], "ready")

@@ -117,6 +117,9 @@ impl Service {
         config: ServerConfig,
     ) -> anyhow::Result<Arc<Service>> {
         let registry = Registry::default();
+        // Every runtime has a policy from the start: the built-ins' defaults, replaced
+        // below by what was saved.
+        registry.set_runtime_policy(WASM_RUNTIME, newt_runtime::Policy::default());
         let python = ContainerRuntime::builtin_python();
         registry.set_runtime_policy(&python.name, python.policy.clone().unwrap_or_default());
         for definition in store.runtimes().await? {

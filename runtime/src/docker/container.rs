@@ -38,7 +38,7 @@ type Output =
     Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>>;
 
 /// One container serving one function version (or, until `load`, a runtime-level
-/// instance waiting for one). Dropped without [`ContainerInstance::remove`] (its
+/// instance waiting for one). Dropped without being removed (its
 /// caller vanished mid-start or mid-call), it removes its container in the
 /// background, so no path leaves a container behind.
 pub struct ContainerInstance {
@@ -186,7 +186,7 @@ async fn start_by(
     if agent && handler.is_none() {
         // A runtime-level instance: the agent readies itself to unpack the code that
         // `init` will bring.
-        env.push("NEWT_STEM=1".into());
+        env.push("NEWT_RUNTIME_LEVEL=1".into());
     }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),

@@ -69,7 +69,7 @@ async fn python_runtime_level_containers_are_taken_and_refilled() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let stems = async || {
+    let generic_idle = async || {
         let (_, pools) = get_json(&server, "/v1/pools").await;
         pools["runtime_pools"]
             .as_array()
@@ -79,7 +79,7 @@ async fn python_runtime_level_containers_are_taken_and_refilled() {
             .map_or(0, |p| p["idle"].as_u64().unwrap_or(0))
     };
     eventually(600, "a runtime-level container", async || {
-        stems().await == 1
+        generic_idle().await == 1
     })
     .await;
 
@@ -88,7 +88,7 @@ async fn python_runtime_level_containers_are_taken_and_refilled() {
     // The container now belongs to the function; the runtime level refills.
     assert_eq!(start_of(&server, "fresh", "{}").await, "warm");
     eventually(600, "the runtime-level pool refilled", async || {
-        stems().await == 1
+        generic_idle().await == 1
     })
     .await;
 }

@@ -140,14 +140,20 @@ struct TestApp {
 
 impl TestApp {
     async fn new() -> TestApp {
+        TestApp::with_config(|_| {}).await
+    }
+
+    async fn with_config(change: impl FnOnce(&mut newt_host::service::ServerConfig)) -> TestApp {
         let home = tempfile::tempdir().unwrap();
-        let config = newt_host::service::ServerConfig {
+        let mut config = newt_host::service::ServerConfig {
             max_bundle_bytes: 16 << 20,
             max_input_bytes: 1 << 20,
             token: None,
             async_concurrency: 4,
             max_async_backlog: 64,
+            max_inflight_bytes: newt_host::service::DEFAULT_MAX_INFLIGHT_BYTES,
         };
+        change(&mut config);
         let (service, _docker) = newt_host::build_service(
             home.path(),
             newt_host::ServiceOptions {
@@ -774,4 +780,43 @@ async fn the_deadline_covers_a_start_function_that_never_ends() {
     // And after it.
     let (status, _, _) = app.invoke("echo", "again").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn home_database_and_caches_are_private_to_newts_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::new().await;
+    let home = app._home.path();
+    app.deploy("echo", wasm(ECHO_WAT), "").await;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(home), 0o700);
+    for dir in ["cas", "cache", "docker"] {
+        assert_eq!(mode(&home.join(dir)), 0o700, "{dir}");
+    }
+    assert_eq!(mode(&home.join("newt.db")), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_hosts_payload_budget_wait_then_get_429() {
+    // Room for one call at the default limits (6 MiB output + 1 MiB logs + input).
+    let app = TestApp::with_config(|c| c.max_inflight_bytes = 8 << 20).await;
+    app.deploy("nap", wasm(NAP_WAT), "?timeout_ms=10000").await;
+    app.deploy("echo", wasm(ECHO_WAT), "?timeout_ms=400").await;
+    let app = std::sync::Arc::new(app);
+    let sleeper = {
+        let app = app.clone();
+        tokio::spawn(async move { app.invoke("nap", "ab").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The budget is taken: this call waits for room until its deadline, then is told.
+    let (status, _, body) = app.invoke("echo", "hi").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body:?}");
+    let message = String::from_utf8_lossy(&body).to_string();
+    assert!(message.contains("budget"), "{message}");
+    let (status, _, _) = sleeper.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    // Room again once the sleeper is done.
+    let (status, _, body) = app.invoke("echo", "hi").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
 }

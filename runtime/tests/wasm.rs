@@ -24,11 +24,15 @@ fn fixture(name: &str) -> Vec<u8> {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_pooling(true)
+    }
+
+    fn with_pooling(pooling: bool) -> Harness {
         let home = tempfile::tempdir().unwrap();
         let cas = Cas::open(home.path().join("cas")).unwrap();
         let wasm = WasmExecutor::new(WasmConfig {
             cache_dir: home.path().join("cache"),
-            pooling: true,
+            pooling,
         })
         .unwrap();
         Harness {
@@ -98,15 +102,38 @@ async fn trap_is_reported_with_its_message() {
 
 #[tokio::test]
 async fn memory_growth_stops_at_the_limit() {
-    let h = Harness::new();
-    let limits = Limits {
-        memory_mb: 8,
-        ..Limits::default()
-    };
-    let spec = h.spec("grow", &fixture("grow"), limits);
-    match h.call(&spec, "").await.result {
-        CallResult::Failed(msg) => assert!(msg.contains("memory limit of 8 MiB"), "{msg}"),
-        other => panic!("expected a failure, got {other:?}"),
+    // The on-demand allocator (`--no-pooling`, or the fallback) enforces the same limit.
+    for pooling in [true, false] {
+        let h = Harness::with_pooling(pooling);
+        let limits = Limits {
+            memory_mb: 8,
+            ..Limits::default()
+        };
+        let spec = h.spec("grow", &fixture("grow"), limits);
+        match h.call(&spec, "").await.result {
+            CallResult::Failed(msg) => {
+                assert!(msg.contains("memory limit of 8 MiB"), "pooling {pooling}: {msg}")
+            }
+            other => panic!("pooling {pooling}: expected a failure, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn modules_with_several_memories_are_refused_whatever_the_allocator() {
+    // Two memories of 4 MiB each would pass a per-memory limit of 6 MiB.
+    let two = wat::parse_str(
+        r#"(module (memory 64) (memory $b 64) (func (export "_start")))"#,
+    )
+    .unwrap();
+    for pooling in [true, false] {
+        let h = Harness::with_pooling(pooling);
+        let spec = h.spec("two", &two, Limits::default());
+        let err = h.invoker.validate(&spec).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidBundle(m) if m.contains("memories")),
+            "pooling {pooling}: {err}"
+        );
     }
 }
 

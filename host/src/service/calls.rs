@@ -153,7 +153,10 @@ impl Service {
         let slot = BacklogSlot(self.async_backlog.clone());
         // Durable before the 202: an accepted call survives a crash and runs after
         // the restart.
-        self.store.record_call_durable(record.clone()).await?;
+        self.store
+            .record_call_durable(record.clone())
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the call was not accepted: {e:#}")))?;
         self.spawn_async(record.clone(), slot);
         Ok(record)
     }
@@ -167,11 +170,25 @@ impl Service {
 
     /// Runs an accepted async call in the background, at most `async_concurrency` at
     /// once, with the function's newest ready version.
-    fn spawn_async(self: &Arc<Self>, record: CallRecord, slot: BacklogSlot) {
+    fn spawn_async(self: &Arc<Self>, mut record: CallRecord, slot: BacklogSlot) {
+        // The input is in the store (durable before the 202): a call waiting for its
+        // turn holds only its record, so a backlog of large inputs costs no memory.
+        record.input = Vec::new();
         let service = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _permit = service.async_slots.clone().acquire_owned().await;
+            let record = match service.store.get_call(&record.id).await {
+                Ok(Some(full)) => full,
+                Ok(None) => {
+                    tracing::error!(call = %record.id, "an accepted async call is missing from the store");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(call = %record.id, "reading an accepted async call: {e:#}");
+                    return;
+                }
+            };
             match service.registry.serving(&record.function) {
                 Some(spec) => {
                     if let Err(e) = service.run_call(record, &spec).await {
@@ -220,7 +237,13 @@ impl Service {
         };
         self.store.record_call(record).await;
 
-        let outcome = self.invoker.invoke(spec, request, deadline).await;
+        let outcome = match self
+            .reserve_payloads(spec, request.input.len(), deadline)
+            .await
+        {
+            Ok(_payloads) => self.invoker.invoke(spec, request, deadline).await,
+            Err(full) => Err(full),
+        };
 
         let mut record = in_flight.record.take().expect("recorded once");
         record.finished_at = Some(now_ms());

@@ -122,24 +122,39 @@ impl Service {
         let digest = tokio::task::spawn_blocking(move || cas.put(&bundle))
             .await
             .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))??;
-        let guard = self.deploy_lock.lock().await;
-        let previous = self.registry.newest(name);
-        // Without policy parameters a redeploy keeps the function's overrides.
-        let policy = match policy {
-            Some(policy) => policy,
+        // Compile (wasm) before taking the deploy lock: a slow or hostile module must
+        // not hold up other deploys, and one that cannot run never becomes a version.
+        let overrides = |previous: Option<&FunctionVersion>| match &policy {
+            Some(policy) => policy.clone(),
+            // Without policy parameters a redeploy keeps the function's overrides.
             None => previous
-                .as_ref()
                 .map(|v| FunctionConfig::of(v).policy)
                 .unwrap_or_default(),
         };
         let resolved = self
             .registry
             .runtime_policy(&runtime)
+            .patched(&Value::Object(overrides(self.registry.newest(name).as_ref())))?;
+        if !in_background {
+            let candidate = FunctionSpec {
+                name: name.to_string(),
+                version: 0,
+                runtime: runtime.clone(),
+                digest: digest.to_string(),
+                limits: limits.clone(),
+                policy: resolved,
+            };
+            self.invoker.validate(&candidate).await?;
+        }
+
+        let guard = self.deploy_lock.lock().await;
+        let previous = self.registry.newest(name);
+        let policy = overrides(previous.as_ref());
+        // Checked again: a PATCH of the runtime may have happened meanwhile.
+        self.registry
+            .runtime_policy(&runtime)
             .patched(&Value::Object(policy.clone()))?;
-        let wanted = FunctionConfig {
-            limits: limits.clone(),
-            policy,
-        };
+        let wanted = FunctionConfig { limits, policy };
         if let Some(existing) = previous
             && existing.digest == digest.as_str()
             && existing.runtime == runtime
@@ -149,19 +164,6 @@ impl Service {
             return Ok(Deployed::Unchanged(existing));
         }
 
-        if !in_background {
-            // Compile before recording anything: a module that cannot run never becomes
-            // a version.
-            let candidate = FunctionSpec {
-                name: name.to_string(),
-                version: 0,
-                runtime: runtime.clone(),
-                digest: digest.to_string(),
-                limits,
-                policy: resolved,
-            };
-            self.invoker.validate(&candidate).await?;
-        }
         let status = if in_background {
             VersionStatus::Pending
         } else {

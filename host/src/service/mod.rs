@@ -41,7 +41,19 @@ pub struct ServerConfig {
     pub async_concurrency: usize,
     /// Async calls accepted but not finished; beyond this new ones get 429.
     pub max_async_backlog: usize,
+    /// Bytes of call payloads (input, and the output and logs each call may return)
+    /// in flight at once, host-wide; a call beyond waits for room until its deadline,
+    /// then gets 429. Each call reserves its input plus its function's
+    /// `max_output_bytes` and `max_log_bytes`.
+    pub max_inflight_bytes: usize,
 }
+
+/// Default of [`ServerConfig::max_inflight_bytes`]: 2 GiB, room for ~290 calls at the
+/// default limits (6 MiB output, 1 MiB logs) returning everything they may.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 2 << 30;
+
+/// The unit the in-flight budget is counted in (a semaphore counts permits).
+const INFLIGHT_UNIT: usize = 4096;
 
 /// What a function version keeps in the store's opaque `config` column.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -93,6 +105,8 @@ pub struct Service {
     deploy_lock: tokio::sync::Mutex<()>,
     async_slots: Arc<Semaphore>,
     async_backlog: Arc<AtomicUsize>,
+    /// The host's budget for call payloads in flight, in [`INFLIGHT_UNIT`]s.
+    inflight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Service {
@@ -165,11 +179,45 @@ impl Service {
             metrics: crate::metrics::Metrics::default(),
             async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
             async_backlog: Arc::new(AtomicUsize::new(0)),
+            inflight: Arc::new(Semaphore::new(
+                (config.max_inflight_bytes / INFLIGHT_UNIT).clamp(1, Semaphore::MAX_PERMITS),
+            )),
             config,
             deploy_lock: tokio::sync::Mutex::new(()),
         });
         service.recover().await?;
         Ok(service)
+    }
+
+    /// Room for one call's payloads in the host's budget, waiting until `deadline`.
+    /// The permit is held until the call's outcome is recorded.
+    pub(crate) async fn reserve_payloads(
+        &self,
+        spec: &newt_runtime::FunctionSpec,
+        input_len: usize,
+        deadline: std::time::Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, newt_runtime::Error> {
+        let bytes = input_len
+            .saturating_add(spec.limits.max_output_bytes as usize)
+            .saturating_add(spec.limits.max_log_bytes as usize);
+        let total = self.config.max_inflight_bytes / INFLIGHT_UNIT;
+        let units = bytes.div_ceil(INFLIGHT_UNIT).clamp(1, total.max(1)) as u32;
+        let full = || newt_runtime::Error::AtCapacity {
+            function: spec.name.clone(),
+            reason: format!(
+                "the host's budget of {} MiB for call payloads in flight is taken",
+                self.config.max_inflight_bytes >> 20
+            ),
+        };
+        match tokio::time::timeout_at(
+            deadline.into(),
+            self.inflight.clone().acquire_many_owned(units),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(full()),
+        }
     }
 
     /// Hands a function's resolved spec to its pool, and starts filling `min_warm`

@@ -205,7 +205,13 @@ pub struct CallFilter {
     pub limit: usize,
     /// For paging: only calls with `num` below this.
     pub before_num: Option<i64>,
+    /// Also read input, output and logs (up to megabytes each). Lists leave them out:
+    /// their records have them empty, and `error` cut to [`SUMMARY_ERROR_CHARS`].
+    pub with_payloads: bool,
 }
+
+/// How much of a call's error a summary (a listed call) carries.
+pub const SUMMARY_ERROR_CHARS: usize = 1000;
 
 /// What [`Store::recover`](super::Store::recover) found and fixed after a restart.
 #[derive(Clone, Debug, PartialEq)]

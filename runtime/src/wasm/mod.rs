@@ -66,6 +66,20 @@ const DECOMMIT_BATCH: usize = 16;
 /// The most table elements a guest may grow a table to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// Memories and tables one instance may have: the pooling allocator's per-module
+/// defaults, enforced by the limiter too so on-demand allocation (`--no-pooling`, or
+/// the fallback) admits exactly the same modules.
+const MAX_MEMORIES: usize = 1;
+const MAX_TABLES: usize = 1;
+
+/// The longest a module may take to compile; past it the deploy is refused (422).
+/// An 80 KB Rust guest compiles in ~0.15 s here; a hostile module could take minutes.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Modules compiled at once: compiling takes a core and memory per module, and deploys
+/// are not on any call's path.
+const COMPILES_AT_ONCE: usize = 2;
+
 /// Settings of the wasm executor.
 #[derive(Clone, Debug)]
 pub struct WasmConfig {
@@ -85,21 +99,48 @@ struct Guest {
 /// Enforces the memory limit and remembers that it did, so a failure can say why.
 struct GuestLimiter {
     max_memory: usize,
+    /// Bytes of linear memory the instance holds, all memories together.
+    used: usize,
     denied: Option<usize>,
+}
+
+impl GuestLimiter {
+    fn new(max_memory: usize) -> Self {
+        GuestLimiter {
+            max_memory,
+            used: 0,
+            denied: None,
+        }
+    }
 }
 
 impl ResourceLimiter for GuestLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            self.denied = Some(desired);
+        // The limit is the instance's, not each memory's.
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.max_memory {
+            self.denied = Some(total);
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 
     fn table_growing(
@@ -135,6 +176,7 @@ pub struct WasmInstance {
 /// Runs WASI preview 1 modules on wasmtime.
 pub struct WasmExecutor {
     engine: Engine,
+    compiles: Arc<tokio::sync::Semaphore>,
     linker: Arc<Linker<Guest>>,
     cache: cache::ModuleCache,
     ticker_stop: Arc<AtomicBool>,
@@ -234,6 +276,7 @@ impl WasmExecutor {
 
         Ok(WasmExecutor {
             engine,
+            compiles: Arc::new(tokio::sync::Semaphore::new(COMPILES_AT_ONCE)),
             linker: Arc::new(linker),
             cache,
             ticker_stop,
@@ -291,8 +334,17 @@ impl Executor for WasmExecutor {
         let (engine, linker, cache) =
             (self.engine.clone(), self.linker.clone(), self.cache.clone());
         let bundle = bundle.to_path_buf();
-        // Compiling is CPU-bound for up to seconds: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        let _compiling = self
+            .compiles
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("compile slots: {e}")))?;
+        // Compiling is CPU-bound for up to seconds: keep it off the async workers, and
+        // give up on a module that takes too long (its thread finishes on its own; the
+        // slot stays taken until it does, so such modules cannot pile up).
+        let compiling = tokio::task::spawn_blocking(move || {
+            let _slot = _compiling;
             let (module, source) = cache.load_or_compile(&engine, &digest, &bundle)?;
             match module.get_export("_start") {
                 Some(wasmtime::ExternType::Func(f))
@@ -305,6 +357,15 @@ impl Executor for WasmExecutor {
                     ));
                 }
             }
+            let needs = module.resources_required();
+            if needs.num_memories as usize > MAX_MEMORIES || needs.num_tables as usize > MAX_TABLES
+            {
+                return Err(Error::InvalidBundle(format!(
+                    "the module defines {} memories and {} tables; newt runs modules with at \
+                     most {MAX_MEMORIES} memory and {MAX_TABLES} table",
+                    needs.num_memories, needs.num_tables
+                )));
+            }
             let pre = linker.instantiate_pre(&module).map_err(|e| {
                 Error::InvalidBundle(format!(
                     "the module needs imports newt does not provide (only WASI preview 1 is \
@@ -312,9 +373,14 @@ impl Executor for WasmExecutor {
                 ))
             })?;
             Ok(WasmPrepared { pre, source })
-        })
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+        });
+        match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
+            Ok(done) => done.map_err(|e| Error::Internal(anyhow::anyhow!("compile task failed: {e}")))?,
+            Err(_) => Err(Error::InvalidBundle(format!(
+                "compiling the module took longer than {} s: newt refuses it",
+                COMPILE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     async fn create(
@@ -327,10 +393,7 @@ impl Executor for WasmExecutor {
             &self.engine,
             Guest {
                 wasi: idle_wasi(),
-                limiter: GuestLimiter {
-                    max_memory: spec.limits.memory_bytes(),
-                    denied: None,
-                },
+                limiter: GuestLimiter::new(spec.limits.memory_bytes()),
             },
         );
         store.limiter(|g| &mut g.limiter);

@@ -15,6 +15,17 @@ use crate::store::{CallFilter, CallRecord, CallStatus, Recovery};
 const CALL_COLUMNS: &str = "id, num, function, version, status, is_async, input, output, \
      error, logs, start, queue_us, init_us, exec_us, created_at, started_at, finished_at";
 
+/// The same columns for a listed call: no input, output or logs, and the error cut
+/// short, so a list of a thousand calls reads kilobytes, not gigabytes.
+fn summary_columns() -> String {
+    format!(
+        "id, num, function, version, status, is_async, x'', NULL, \
+         substr(error, 1, {}), x'', start, queue_us, init_us, exec_us, created_at, \
+         started_at, finished_at",
+        crate::store::types::SUMMARY_ERROR_CHARS
+    )
+}
+
 /// Later records for the same call id replace earlier ones, column by column.
 pub(super) const UPSERT_CALL: &str = "INSERT INTO calls (id, num, function, version, status, \
      is_async, input, output, error, logs, start, queue_us, init_us, exec_us, created_at, \
@@ -115,7 +126,12 @@ pub(super) fn list(conn: &Connection, filter: CallFilter) -> Result<Vec<CallReco
         values.push(Value::Integer(before));
         conditions.push(format!("num < ?{}", values.len()));
     }
-    let mut sql = format!("SELECT {CALL_COLUMNS} FROM calls");
+    let columns = if filter.with_payloads {
+        CALL_COLUMNS.to_string()
+    } else {
+        summary_columns()
+    };
+    let mut sql = format!("SELECT {columns} FROM calls");
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
@@ -273,6 +289,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn listed_calls_are_summaries_without_payloads() {
+        let (_dir, _path, store) = open_temp();
+        let mut big = call(1, "f", CallStatus::Failed, false);
+        big.input = vec![b'i'; 1 << 20];
+        big.output = Some(vec![b'o'; 1 << 20]);
+        big.logs = vec![b'l'; 1 << 20];
+        big.error = Some("e".repeat(10_000));
+        store.record_call(big.clone()).await;
+        let listed = store.list_calls(CallFilter::default()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let summary = &listed[0];
+        assert!(summary.input.is_empty() && summary.logs.is_empty());
+        assert_eq!(summary.output, None);
+        assert_eq!(
+            summary.error.as_ref().map(String::len),
+            Some(crate::store::types::SUMMARY_ERROR_CHARS)
+        );
+        assert_eq!(
+            (summary.id.as_str(), summary.status),
+            (big.id.as_str(), big.status)
+        );
+        // One call at a time, in full.
+        assert_eq!(store.get_call(&big.id).await.unwrap(), Some(big));
+    }
+
+    #[tokio::test]
     async fn list_calls_filters_limits_and_pages() {
         let (_dir, _path, store) = open_temp();
         let statuses = [CallStatus::Done, CallStatus::Failed];
@@ -287,6 +329,7 @@ mod tests {
                 status,
                 limit,
                 before_num,
+                with_payloads: false,
             };
             let store = store.clone();
             async move { nums(&store.list_calls(filter).await.unwrap()) }
@@ -336,6 +379,7 @@ mod tests {
         );
         let filter = CallFilter {
             status: Some(CallStatus::Cancelled),
+            with_payloads: true,
             ..CallFilter::default()
         };
         assert_eq!(store.list_calls(filter).await.unwrap(), [cancelled.clone()]);

@@ -7,11 +7,12 @@
 //! and wait for their batch to commit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::calls;
 use crate::store::CallRecord;
@@ -19,6 +20,17 @@ use crate::store::CallRecord;
 /// Records the write-behind queue holds before `record` waits (backpressure: a slow
 /// disk slows callers down rather than dropping records or growing memory).
 const QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// Bytes of records (input, output, logs, error) the queue holds before `record`
+/// waits: the count above alone would let 16 384 records of megabytes each pile up.
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// The unit the byte budget is counted in (a semaphore counts permits, not bytes).
+const BUDGET_UNIT: usize = 1024;
+
+/// How long accepting an async call waits for room in the queue before it is refused
+/// (the caller gets 503 and retries), rather than holding its connection open.
+const DURABLE_WAIT: Duration = Duration::from_secs(2);
 
 /// Most records committed in one transaction, so one batch never holds the write lock
 /// for long and durable waiters in a burst are answered in bounded time.
@@ -36,6 +48,8 @@ enum WriterMsg {
     Record {
         record: Box<CallRecord>,
         ack: Option<Ack>,
+        /// The record's share of the byte budget, given back once it is written.
+        _room: OwnedSemaphorePermit,
     },
     /// Answer once everything queued before it is committed.
     Flush(Ack),
@@ -46,6 +60,18 @@ enum WriterMsg {
 /// The sending end of the queue; the writer thread stops when it is closed.
 pub(super) struct Writer {
     queue: mpsc::Sender<WriterMsg>,
+    room: Arc<Semaphore>,
+}
+
+/// A record's share of the queue's byte budget, in [`BUDGET_UNIT`]s.
+fn units_of(record: &CallRecord) -> u32 {
+    let bytes = record.input.len()
+        + record.output.as_ref().map_or(0, Vec::len)
+        + record.logs.len()
+        + record.error.as_ref().map_or(0, String::len)
+        + 512;
+    // A record larger than the whole budget waits for an empty queue.
+    (bytes.div_ceil(BUDGET_UNIT)).min(QUEUE_BYTES / BUDGET_UNIT) as u32
 }
 
 impl Writer {
@@ -56,15 +82,33 @@ impl Writer {
             .name("newt-store-writer".into())
             .spawn(move || run_writer(conn, receiver))
             .context("starting the store writer thread")?;
-        Ok(Writer { queue })
+        Ok(Writer {
+            queue,
+            room: Arc::new(Semaphore::new(QUEUE_BYTES / BUDGET_UNIT)),
+        })
+    }
+
+    /// Room in the queue for `record`, waiting while the queue is full (back-pressure
+    /// by bytes). `None` once the store is closed.
+    async fn room_for(&self, record: &CallRecord) -> Option<OwnedSemaphorePermit> {
+        self.room
+            .clone()
+            .acquire_many_owned(units_of(record))
+            .await
+            .ok()
     }
 
     /// Queues `record` without waiting for the disk; drops it with a warning once
     /// the queue is closed.
     pub(super) async fn record(&self, record: CallRecord) {
+        let Some(room) = self.room_for(&record).await else {
+            tracing::warn!(call = %record.id, "call store is closed; call record dropped");
+            return;
+        };
         let msg = WriterMsg::Record {
             record: Box::new(record),
             ack: None,
+            _room: room,
         };
         if let Err(mpsc::error::SendError(msg)) = self.queue.send(msg).await
             && let WriterMsg::Record { record, .. } = msg
@@ -76,10 +120,20 @@ impl Writer {
     /// Queues `record` and waits until it is committed.
     pub(super) async fn record_durable(&self, record: CallRecord) -> Result<()> {
         let id = record.id.clone();
+        let room = tokio::time::timeout(DURABLE_WAIT, self.room_for(&record))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "recording call {id}: the call store's queue is full (the disk is \
+                     slower than the calls): retry shortly"
+                )
+            })?
+            .ok_or_else(|| anyhow!("recording call {id}: the call store is closed"))?;
         let (ack, committed) = oneshot::channel();
         let msg = WriterMsg::Record {
             record: Box::new(record),
             ack: Some(ack),
+            _room: room,
         };
         self.queue
             .send(msg)
@@ -117,13 +171,13 @@ impl Writer {
 fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
     let mut close_acks = Vec::new();
     while let Some(first) = queue.blocking_recv() {
-        let mut records: Vec<(Box<CallRecord>, Option<Ack>)> = Vec::new();
+        let mut records: Vec<(Box<CallRecord>, Option<Ack>, OwnedSemaphorePermit)> = Vec::new();
         let mut flushes = Vec::new();
         let mut lingered = false;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Record { record, ack } => records.push((record, ack)),
+                WriterMsg::Record { record, ack, _room } => records.push((record, ack, _room)),
                 WriterMsg::Flush(ack) => flushes.push(ack),
                 WriterMsg::Close(ack) => {
                     close_acks.push(ack);
@@ -141,7 +195,7 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
                     && !lingered
                     && flushes.is_empty()
                     && close_acks.is_empty()
-                    && records.iter().all(|(_, ack)| ack.is_none())
+                    && records.iter().all(|(_, ack, _)| ack.is_none())
                 {
                     lingered = true;
                     std::thread::sleep(LINGER);
@@ -150,15 +204,26 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
             }
         }
 
+        // Someone waits on this batch to answer "accepted" (202): its commit must
+        // reach the disk, not only the OS (WAL with synchronous=NORMAL syncs at
+        // checkpoints). Plain write-behind batches keep the cheaper setting.
+        let durable = records.iter().any(|(_, ack, _)| ack.is_some());
         let outcome = if records.is_empty() {
             Ok(Vec::new())
         } else {
-            let batch: Vec<&CallRecord> = records.iter().map(|(record, _)| &**record).collect();
-            write_batch(&mut conn, &batch)
+            let batch: Vec<&CallRecord> = records.iter().map(|(record, _, _)| &**record).collect();
+            if durable {
+                set_synchronous(&conn, "FULL");
+            }
+            let written = write_batch(&mut conn, &batch);
+            if durable {
+                set_synchronous(&conn, "NORMAL");
+            }
+            written
         };
         match outcome {
             Ok(failures) => {
-                for ((_, ack), failure) in records.into_iter().zip(failures) {
+                for ((_, ack, _), failure) in records.into_iter().zip(failures) {
                     if let Some(ack) = ack {
                         let _ = ack.send(failure.map_or(Ok(()), Err));
                     }
@@ -176,7 +241,7 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
                     "committing a batch of call records failed; records lost"
                 );
                 let message = format!("committing call records failed: {err}");
-                let acks = records.into_iter().filter_map(|(_, ack)| ack);
+                let acks = records.into_iter().filter_map(|(_, ack, _)| ack);
                 for ack in acks.chain(flushes) {
                     let _ = ack.send(Err(message.clone()));
                 }
@@ -186,6 +251,14 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
     drop(conn);
     for ack in close_acks {
         let _ = ack.send(());
+    }
+}
+
+/// Sets how hard commits sync; a failure only costs durability of one batch, so it is
+/// logged rather than stopping the writer.
+fn set_synchronous(conn: &Connection, level: &str) {
+    if let Err(e) = conn.pragma_update(None, "synchronous", level) {
+        tracing::error!("setting synchronous={level}: {e}");
     }
 }
 
@@ -245,7 +318,11 @@ mod tests {
         }
         let last = records.last().unwrap().clone();
         assert_eq!(store.get_call(&last.id).await.unwrap(), Some(last.clone()));
-        let all = store.list_calls(CallFilter::default()).await.unwrap();
+        let everything = CallFilter {
+            with_payloads: true,
+            ..CallFilter::default()
+        };
+        let all = store.list_calls(everything.clone()).await.unwrap();
         assert_eq!(all.len(), 1000);
         assert_eq!(all[0], last, "newest first");
         assert_eq!(all[999], records[0]);

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::executor::{BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec};
+use crate::executor::{
+    BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec,
+};
 
 /// Instances are numbers; every phase can be made slow or failing.
 #[derive(Default)]
@@ -136,4 +138,3 @@ impl Fake {
         })
     }
 }
-

@@ -112,7 +112,10 @@ async fn memory_growth_stops_at_the_limit() {
         let spec = h.spec("grow", &fixture("grow"), limits);
         match h.call(&spec, "").await.result {
             CallResult::Failed(msg) => {
-                assert!(msg.contains("memory limit of 8 MiB"), "pooling {pooling}: {msg}")
+                assert!(
+                    msg.contains("memory limit of 8 MiB"),
+                    "pooling {pooling}: {msg}"
+                )
             }
             other => panic!("pooling {pooling}: expected a failure, got {other:?}"),
         }
@@ -122,10 +125,8 @@ async fn memory_growth_stops_at_the_limit() {
 #[tokio::test]
 async fn modules_with_several_memories_are_refused_whatever_the_allocator() {
     // Two memories of 4 MiB each would pass a per-memory limit of 6 MiB.
-    let two = wat::parse_str(
-        r#"(module (memory 64) (memory $b 64) (func (export "_start")))"#,
-    )
-    .unwrap();
+    let two =
+        wat::parse_str(r#"(module (memory 64) (memory $b 64) (func (export "_start")))"#).unwrap();
     for pooling in [true, false] {
         let h = Harness::with_pooling(pooling);
         let spec = h.spec("two", &two, Limits::default());

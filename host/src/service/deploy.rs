@@ -134,7 +134,9 @@ impl Service {
         let resolved = self
             .registry
             .runtime_policy(&runtime)
-            .patched(&Value::Object(overrides(self.registry.newest(name).as_ref())))?;
+            .patched(&Value::Object(overrides(
+                self.registry.newest(name).as_ref(),
+            )))?;
         if !in_background {
             let candidate = FunctionSpec {
                 name: name.to_string(),

@@ -375,7 +375,9 @@ impl Executor for WasmExecutor {
             Ok(WasmPrepared { pre, source })
         });
         match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
-            Ok(done) => done.map_err(|e| Error::Internal(anyhow::anyhow!("compile task failed: {e}")))?,
+            Ok(done) => {
+                done.map_err(|e| Error::Internal(anyhow::anyhow!("compile task failed: {e}")))?
+            }
             Err(_) => Err(Error::InvalidBundle(format!(
                 "compiling the module took longer than {} s: newt refuses it",
                 COMPILE_TIMEOUT.as_secs()

@@ -1,9 +1,11 @@
 //! Bearer-token check for `/v1` routes.
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
+use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::service::SharedService;
@@ -14,38 +16,62 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.config.token {
-        let given = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return Err(ApiError::Unauthorized);
-        }
+    if !authorized(state.config.token.as_deref(), request.headers()) {
+        return Err(ApiError::Unauthorized);
     }
     Ok(next.run(request).await)
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a guess
-/// was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `headers` carry the configured token (always, when none is configured).
+pub fn authorized(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(expected) = token else {
+        return true;
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    tokens_match(given, expected)
+}
+
+/// Compares the SHA-256 digests of both tokens without an early exit: the time taken
+/// reveals neither how much of a guess was right nor the token's length.
+fn tokens_match(given: &str, expected: &str) -> bool {
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn compares_whole_tokens() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
+        assert!(tokens_match("secret", "secret"));
+        assert!(!tokens_match("secret", "secreT"));
+        assert!(!tokens_match("secret", "secret2"));
+        assert!(!tokens_match("", "x"));
+        assert!(!tokens_match("x", ""));
+    }
+
+    #[test]
+    fn a_configured_token_must_come_as_a_bearer() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(authorized(None, &HeaderMap::new()));
+        let token = Some("s3cret");
+        assert!(!authorized(token, &HeaderMap::new()));
+        assert!(!authorized(token, &headers("s3cret")));
+        assert!(!authorized(token, &headers("Bearer s3cre")));
+        assert!(authorized(token, &headers("Bearer s3cret")));
     }
 }

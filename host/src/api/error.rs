@@ -14,12 +14,20 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: a token is configured and the request did not carry it.
     Unauthorized,
+    /// 403: refused whoever asks, e.g. a browser's cross-origin request.
+    Forbidden(String),
     /// 404: no such function, call or route.
     NotFound(String),
+    /// 408: the request's body did not arrive in time.
+    RequestTimeout(String),
     /// 409: the request conflicts with the current state.
     Conflict(String),
     /// 413: the body is larger than the limit for this route.
     TooLarge(String),
+    /// 415: the body is not in a form this route reads.
+    UnsupportedMediaType(String),
+    /// 421: the request names a host this server does not answer to (DNS rebinding).
+    Misdirected(String),
     /// 422: the bundle is not something newt can run.
     InvalidBundle(String),
     /// 429: no capacity left; retry after the given seconds.
@@ -30,7 +38,8 @@ pub enum ApiError {
     Unavailable(String),
     /// 504: the function ran past its deadline.
     Timeout(String),
-    /// 500: a bug or an I/O failure in the host.
+    /// 500: a bug or an I/O failure in the host. The caller gets a generic message
+    /// and a reference; the detail (paths, Docker's words) goes only to the log.
     Internal(anyhow::Error),
 }
 
@@ -40,9 +49,15 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected_request"),
             ApiError::InvalidBundle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "at_capacity"),
             ApiError::FunctionFailed(_) => (StatusCode::BAD_GATEWAY, "function_failed"),
@@ -55,9 +70,13 @@ impl ApiError {
     fn message(&self) -> String {
         match self {
             ApiError::BadRequest(m)
+            | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
+            | ApiError::RequestTimeout(m)
             | ApiError::Conflict(m)
             | ApiError::TooLarge(m)
+            | ApiError::UnsupportedMediaType(m)
+            | ApiError::Misdirected(m)
             | ApiError::InvalidBundle(m)
             | ApiError::FunctionFailed(m)
             | ApiError::Unavailable(m)
@@ -76,10 +95,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = self.message();
-        if status.is_server_error() && !matches!(self, ApiError::FunctionFailed(_)) {
-            tracing::error!(%status, "{message}");
-        }
+        let detail = self.message();
+        let message = if let ApiError::Internal(_) = self {
+            // The detail may name host paths or Docker's internals: it goes to the
+            // log, the caller gets a reference to find it there.
+            let reference = uuid::Uuid::now_v7().simple().to_string();
+            tracing::error!(%status, reference, "{detail}");
+            format!("internal error (reference {reference}): the server's log has the details")
+        } else {
+            if status.is_server_error() && !matches!(self, ApiError::FunctionFailed(_)) {
+                tracing::error!(%status, "{detail}");
+            }
+            detail
+        };
         let body = json!({ "error": { "code": code, "message": message } });
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
@@ -92,6 +120,13 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            // The rest of the body may still be coming (or never come): do not wait
+            // for it to reuse the connection.
+            ApiError::TooLarge(_) | ApiError::RequestTimeout(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -154,9 +189,21 @@ mod tests {
         let cases = [
             (ApiError::BadRequest("b".into()), 400, "bad_request"),
             (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::Forbidden("f".into()), 403, "forbidden"),
+            (ApiError::RequestTimeout("r".into()), 408, "request_timeout"),
             (ApiError::NotFound("n".into()), 404, "not_found"),
             (ApiError::Conflict("c".into()), 409, "conflict"),
             (ApiError::TooLarge("t".into()), 413, "too_large"),
+            (
+                ApiError::UnsupportedMediaType("u".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                ApiError::Misdirected("m".into()),
+                421,
+                "misdirected_request",
+            ),
             (ApiError::InvalidBundle("i".into()), 422, "invalid_bundle"),
             (
                 ApiError::TooManyRequests {
@@ -193,6 +240,30 @@ mod tests {
         })
         .await;
         assert_eq!(headers[header::RETRY_AFTER], "3");
+        for error in [
+            ApiError::TooLarge("t".into()),
+            ApiError::RequestTimeout("r".into()),
+        ] {
+            let (_, _, headers) = parts(error).await;
+            assert_eq!(headers[header::CONNECTION], "close");
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_answer_a_reference_not_the_detail() {
+        let error = anyhow::anyhow!("opening /home/alice/.newt/cas/ab/cdef: permission denied")
+            .context("docker: no such image sha256:0123 on unix:///var/run/docker.sock");
+        let (status, body, _) = parts(ApiError::Internal(error)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        let message = body["error"]["message"].as_str().unwrap();
+        for secret in ["/home/alice", "docker", ".sock", "sha256", "permission"] {
+            assert!(!message.contains(secret), "{message}");
+        }
+        assert!(message.contains("reference "), "{message}");
+        // Each answer has its own reference.
+        let (_, other, _) = parts(ApiError::Internal(anyhow::anyhow!("x"))).await;
+        assert_ne!(other["error"]["message"], body["error"]["message"]);
     }
 
     #[test]

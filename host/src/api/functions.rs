@@ -109,35 +109,52 @@ fn merge_json_headers(headers: &HeaderMap, query: &mut HashMap<String, String>) 
 /// The bundle of a deploy request: the raw body, or the `module` field of a
 /// `multipart/form-data` body (the seed platform's form).
 pub async fn read_bundle(state: &SharedService, request: Request) -> ApiResult<Bytes> {
+    if is_multipart(&request) {
+        return read_form_bundle(state, request).await;
+    }
     let limit = state.config.max_bundle_bytes;
-    let is_multipart = request
+    body(Bytes::from_request(request, state).await, limit, "bundle")
+}
+
+fn is_multipart(request: &Request) -> bool {
+    request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let bundle = if is_multipart {
-        let mut form = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("unreadable multipart body: {e}")))?;
-        let mut module = None;
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| multipart_error(e, limit))?
-        {
-            if field.name() == Some("module") {
-                module = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
-            }
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+/// The bundle of a seed deploy: only the `module` field of a `multipart/form-data`
+/// body (415 for anything else).
+pub async fn read_form_bundle(state: &SharedService, request: Request) -> ApiResult<Bytes> {
+    if !is_multipart(&request) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the bundle as multipart/form-data, in the field `module` (curl -F \
+             module=@bundle.tar.gz); a raw body is accepted by PUT /v1/functions/{name}"
+                .into(),
+        ));
+    }
+    let limit = state.config.max_bundle_bytes;
+    let mut form = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("unreadable multipart body: {e}")))?;
+    let mut module = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        if field.name() == Some("module") {
+            module = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
         }
-        module.ok_or_else(|| {
-            ApiError::BadRequest(
-                "the multipart body has no `module` field holding the bundle".into(),
-            )
-        })?
-    } else {
-        body(Bytes::from_request(request, state).await, limit, "bundle")?
-    };
-    Ok(bundle)
+    }
+    module.ok_or_else(|| {
+        ApiError::BadRequest("the multipart body has no `module` field holding the bundle".into())
+    })
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {

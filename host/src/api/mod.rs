@@ -7,42 +7,76 @@ mod auth;
 mod calls;
 pub mod error;
 mod functions;
+pub mod guard;
+pub mod listen;
 mod runtimes;
 mod seed;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::service::SharedService;
 use error::ApiError;
+use guard::{BodyLimit, HttpOptions};
 
-/// The whole HTTP application over `state`.
+/// The whole HTTP application over `state`, with the default [`HttpOptions`] (any
+/// `Host`: for in-process use, where there is no listen address).
 pub fn app(state: SharedService) -> Router {
+    app_with(state, HttpOptions::default())
+}
+
+/// The whole HTTP application over `state`, with the request guards of `options`.
+///
+/// Every request first passes the `Host` and `Origin` checks; then, on the routes
+/// that take one, the token; then its body is read whole within the route's size
+/// limit and the body timeout (a declared `Content-Length` over the limit is refused
+/// before any of it is read); then the handler runs.
+pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
     let config = &state.config;
+    let body = |max: usize, what: &'static str| {
+        axum::middleware::from_fn_with_state(
+            BodyLimit {
+                max,
+                timeout: options.body_timeout,
+                what,
+            },
+            guard::limit_body,
+        )
+    };
+    let bundle = || body(config.max_bundle_bytes, "bundle");
+    let input = || body(config.max_input_bytes, "input");
+    let json = || body(guard::MAX_JSON_BODY_BYTES, "JSON body");
     let v1 = Router::new()
         .route("/functions", get(functions::list))
         .route(
             "/functions/{name}",
-            put(functions::deploy)
+            put(functions::deploy.layer(bundle()))
                 .layer(DefaultBodyLimit::max(config.max_bundle_bytes))
                 .get(functions::show)
-                .patch(functions::patch)
+                .patch(functions::patch.layer(json()))
                 .delete(functions::delete),
         )
         .route(
             "/functions/{name}/invoke",
-            post(functions::invoke).layer(DefaultBodyLimit::max(config.max_input_bytes)),
+            post(functions::invoke.layer(input()))
+                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
         )
         .route("/calls", get(calls::list))
         .route("/calls/{id}", get(calls::show))
         .route("/pools", get(functions::pools))
-        .route("/runtimes", get(runtimes::list).post(runtimes::create))
+        .route(
+            "/runtimes",
+            get(runtimes::list).post(runtimes::create.layer(json())),
+        )
         .route(
             "/runtimes/{name}",
             get(runtimes::show)
-                .patch(runtimes::patch)
+                .patch(runtimes::patch.layer(json()))
                 .delete(runtimes::delete),
         )
         .route_layer(axum::middleware::from_fn_with_state(
@@ -51,14 +85,16 @@ pub fn app(state: SharedService) -> Router {
         ));
     // The seed platform's routes, with its bodies, behind the same token.
     let seed = Router::new()
-        .route("/registerRuntime", post(runtimes::create))
+        .route("/registerRuntime", post(runtimes::create.layer(json())))
         .route(
             "/registerFunction/{runtime}/{name}",
-            post(seed::register_function).layer(DefaultBodyLimit::max(config.max_bundle_bytes)),
+            post(seed::register_function.layer(bundle()))
+                .layer(DefaultBodyLimit::max(config.max_bundle_bytes)),
         )
         .route(
             "/invokeFunction",
-            post(seed::invoke_function).layer(DefaultBodyLimit::max(config.max_input_bytes)),
+            post(seed::invoke_function.layer(input()))
+                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
         )
         .route("/runtimes", get(seed::runtimes))
         .route("/functions", get(seed::functions))
@@ -81,11 +117,21 @@ pub fn app(state: SharedService) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(options),
+            guard::check_request,
+        ))
 }
 
+/// `GET /healthz`: liveness for anyone; the version, function count and backends'
+/// state only for callers with the token (when one is configured).
 async fn healthz(
     axum::extract::State(state): axum::extract::State<SharedService>,
+    headers: HeaderMap,
 ) -> axum::Json<serde_json::Value> {
+    if !auth::authorized(state.config.token.as_deref(), &headers) {
+        return axum::Json(json!({ "status": "ok" }));
+    }
     let backends: serde_json::Map<String, serde_json::Value> = state
         .invoker
         .health()

@@ -10,20 +10,21 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::functions::{deployed_status, read_bundle};
+use super::functions::{deployed_status, read_form_bundle};
 use crate::service::{DeployRequest, SharedService, validate_name};
 use crate::store::{CallFilter, CallRecord, CallStatus};
 use crate::wire::bytes_json;
 
 /// `POST /registerFunction/{runtime}/{funcName}`: multipart field `module` holds the
-/// bundle. Answers when the function is ready (or its build failed), as the seed did.
+/// bundle (only multipart: anything else is 415). Answers when the function is ready
+/// (or its build failed), as the seed did.
 pub async fn register_function(
     State(service): State<SharedService>,
     Path((runtime, name)): Path<(String, String)>,
     request: Request,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_name(&name)?;
-    let bundle = read_bundle(&service, request).await?;
+    let bundle = read_form_bundle(&service, request).await?;
     let options = DeployRequest {
         runtime,
         limits: Limits::default(),
@@ -139,6 +140,7 @@ pub async fn calls(State(service): State<SharedService>) -> ApiResult<Json<Value
         .store
         .list_calls(CallFilter {
             limit: 1000,
+            with_payloads: true,
             ..CallFilter::default()
         })
         .await?;

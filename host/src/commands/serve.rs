@@ -7,8 +7,11 @@ use newt_runtime::{DockerExecutor, Executor};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt;
 
+use crate::api::guard::{self, AllowedHosts, HttpOptions};
+use crate::api::listen::{self, ConnectionLimits};
 use crate::service::ServerConfig;
 
 /// The address `newt serve` binds unless told otherwise: loopback only.
@@ -45,6 +48,11 @@ pub struct ServeArgs {
     /// Async calls accepted but not finished; past this, new ones get 429.
     #[arg(long, default_value_t = 10_000)]
     pub max_async_backlog: usize,
+    /// Bytes of call payloads in flight at once, host-wide: each call reserves its
+    /// input plus its function's output and log caps; beyond, calls wait until their
+    /// deadline, then get 429.
+    #[arg(long, default_value_t = crate::service::DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: usize,
     /// Deploy a function at start, as NAME=PATH (repeatable). An unchanged bundle is
     /// left as it is.
     #[arg(long = "deploy", value_name = "NAME=PATH")]
@@ -55,6 +63,46 @@ pub struct ServeArgs {
     /// On SIGTERM / Ctrl-C, how long calls in flight may take to finish (seconds).
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// How long a request's headers may take to arrive (from the connection's start or
+    /// the request's first byte); slower connections are closed.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+    /// How long a request's whole body may take to arrive after its headers; slower
+    /// requests get 408 and their connection is closed.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request before it is
+    /// closed.
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = listen::DEFAULT_MAX_CONNECTIONS, value_parser = connection_count)]
+    pub max_connections: usize,
+    /// A host name requests may carry in `Host`, besides the listen address and
+    /// `localhost` (repeatable; `*` for any, e.g. behind a proxy that checks it).
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = guard::parse_host)]
+    pub allow_host: Vec<String>,
+    /// A browser origin allowed to send requests, besides the server's own
+    /// (repeatable; `scheme://host[:port]`, or `*` for any).
+    #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = guard::parse_origin)]
+    pub allow_origin: Vec<String>,
+}
+
+/// A connection cap: 1 to a million.
+fn connection_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?} is not a number from 1 to 1000000")),
+    }
+}
+
+/// A duration such as `10s`, `500ms` or `2m`, more than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = newt_runtime::parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
 }
 
 /// newt's home: `--home`, `NEWT_HOME`, or `~/.newt`.
@@ -121,6 +169,7 @@ async fn serve(
         token: token.clone(),
         async_concurrency: args.async_concurrency,
         max_async_backlog: args.max_async_backlog,
+        max_inflight_bytes: args.max_inflight_bytes,
     };
     let (service, docker) = crate::build_service(
         &home,
@@ -133,7 +182,17 @@ async fn serve(
     .await?;
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
-    let app = crate::api::app(service.clone());
+    let app = crate::api::app_with(
+        service.clone(),
+        HttpOptions {
+            body_timeout: args.body_timeout,
+            hosts: AllowedHosts {
+                listen: Some(args.listen.ip()),
+                names: args.allow_host.clone(),
+            },
+            origins: args.allow_origin.clone(),
+        },
+    );
 
     for (name, path) in &deploys {
         deploy_at_start(&app, token.as_deref(), name, path).await?;
@@ -161,13 +220,18 @@ async fn serve(
 
     // Stop accepting at the signal; give calls in flight up to the grace period.
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = ConnectionLimits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    let server = listen::serve(listener, app, limits, async move {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
     tokio::select! {
-        served = server => served.context("serving HTTP")?,
+        () = server => {},
         () = async {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(grace).await;
@@ -282,5 +346,16 @@ mod tests {
         assert!(parse_deploy("dice").is_err());
         assert!(parse_deploy("=x").is_err());
         assert!(parse_deploy("x=").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_positive_durations() {
+        assert_eq!(positive_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            positive_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("soon").is_err());
     }
 }

@@ -152,6 +152,7 @@ impl TestApp {
             async_concurrency: 4,
             max_async_backlog: 64,
             max_inflight_bytes: newt_host::service::DEFAULT_MAX_INFLIGHT_BYTES,
+            ..Default::default()
         };
         change(&mut config);
         let (service, _docker) = newt_host::build_service(

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use std::collections::HashMap;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use crate::service::SharedService;
 use crate::store::{CallFilter, CallStatus};
@@ -17,6 +18,7 @@ const MAX_LIMIT: usize = 1000;
 /// `GET /v1/calls?function=&status=&limit=&before=`: newest first.
 pub async fn list(
     State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<CallList>> {
     let mut filter = CallFilter {
@@ -55,6 +57,8 @@ pub async fn list(
             }
         }
     }
+    // An invoke token lists only the calls it made.
+    filter.caller = caller.name();
     let calls = service.store.list_calls(filter).await?;
     Ok(Json(CallList {
         calls: calls.iter().map(CallView::from).collect(),
@@ -65,6 +69,7 @@ pub async fn list(
 /// (`num`).
 pub async fn show(
     State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CallDetailView>> {
     let found = if uuid::Uuid::parse_str(&id).is_ok() {
@@ -78,8 +83,11 @@ pub async fn show(
         )));
     };
     match found {
-        Some(call) => Ok(Json(CallDetailView::from(&call))),
-        None => Err(ApiError::NotFound(format!("call {id} does not exist"))),
+        // Another caller's call is as unknown as one that does not exist.
+        Some(call) if caller.may_read(call.caller.as_deref()) => {
+            Ok(Json(CallDetailView::from(&call)))
+        }
+        _ => Err(ApiError::NotFound(format!("call {id} does not exist"))),
     }
 }
 

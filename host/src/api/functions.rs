@@ -305,6 +305,7 @@ pub async fn delete(
 /// `POST /v1/functions/{name}/invoke[?async=true]`: the body is the input.
 pub async fn invoke(
     State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     input: Result<Bytes, BytesRejection>,
@@ -328,7 +329,7 @@ pub async fn invoke(
     let input = body(input, service.config.max_input_bytes, "input")?;
 
     if is_async {
-        let record = service.invoke_async(&name, input).await?;
+        let record = service.invoke_async(&name, input, caller.name()).await?;
         let location = format!("/v1/calls/{}", record.id);
         let mut response = (
             StatusCode::ACCEPTED,
@@ -345,7 +346,7 @@ pub async fn invoke(
         return Ok(response);
     }
 
-    let invoked = service.invoke(&name, input).await?;
+    let invoked = service.invoke(&name, input, caller.name()).await?;
     match invoked.outcome {
         Ok(outcome) => Ok(outcome_response(&invoked.call_id, outcome)),
         Err(e) => {

@@ -3,7 +3,7 @@
 //! Routes are listed here; handlers live in one module per resource. Status codes are
 //! decided only in [`error::ApiError`].
 
-mod auth;
+pub mod auth;
 mod calls;
 pub mod error;
 mod functions;
@@ -51,6 +51,16 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
     let bundle = || body(config.max_bundle_bytes, "bundle");
     let input = || body(config.max_input_bytes, "input");
     let json = || body(guard::MAX_JSON_BODY_BYTES, "JSON body");
+    let admin_only = || axum::middleware::from_fn(auth::require_admin);
+    // What an invoke token may do: invoke, and read its own calls.
+    let v1_invoke = Router::new()
+        .route(
+            "/functions/{name}/invoke",
+            post(functions::invoke.layer(input()))
+                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
+        )
+        .route("/calls", get(calls::list))
+        .route("/calls/{id}", get(calls::show));
     let v1 = Router::new()
         .route("/functions", get(functions::list))
         .route(
@@ -61,13 +71,6 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
                 .patch(functions::patch.layer(json()))
                 .delete(functions::delete),
         )
-        .route(
-            "/functions/{name}/invoke",
-            post(functions::invoke.layer(input()))
-                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
-        )
-        .route("/calls", get(calls::list))
-        .route("/calls/{id}", get(calls::show))
         .route("/pools", get(functions::pools))
         .route(
             "/runtimes",
@@ -79,11 +82,21 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
                 .patch(runtimes::patch.layer(json()))
                 .delete(runtimes::delete),
         )
+        .route_layer(admin_only())
+        .merge(v1_invoke)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
     // The seed platform's routes, with its bodies, behind the same token.
+    let seed_invoke = Router::new()
+        .route(
+            "/invokeFunction",
+            post(seed::invoke_function.layer(input()))
+                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
+        )
+        .route("/calls", get(seed::calls))
+        .route("/call/{num}", get(seed::call));
     let seed = Router::new()
         .route("/registerRuntime", post(runtimes::create.layer(json())))
         .route(
@@ -91,15 +104,10 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
             post(seed::register_function.layer(bundle()))
                 .layer(DefaultBodyLimit::max(config.max_bundle_bytes)),
         )
-        .route(
-            "/invokeFunction",
-            post(seed::invoke_function.layer(input()))
-                .layer(DefaultBodyLimit::max(config.max_input_bytes)),
-        )
         .route("/runtimes", get(seed::runtimes))
         .route("/functions", get(seed::functions))
-        .route("/calls", get(seed::calls))
-        .route("/call/{num}", get(seed::call))
+        .route_layer(admin_only())
+        .merge(seed_invoke)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -110,10 +118,12 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
-            get(metrics).route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_token,
-            )),
+            get(metrics)
+                .route_layer(admin_only())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_token,
+                )),
         )
         .fallback(not_found)
         .with_state(state)
@@ -129,7 +139,7 @@ async fn healthz(
     axum::extract::State(state): axum::extract::State<SharedService>,
     headers: HeaderMap,
 ) -> axum::Json<serde_json::Value> {
-    if !auth::authorized(state.config.token.as_deref(), &headers) {
+    if !auth::authorized(&state.config, &headers) {
         return axum::Json(json!({ "status": "ok" }));
     }
     let backends: serde_json::Map<String, serde_json::Value> = state

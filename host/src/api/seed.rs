@@ -9,6 +9,7 @@ use newt_runtime::Limits;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::functions::{deployed_status, read_form_bundle};
 use crate::service::{DeployRequest, SharedService, validate_name};
@@ -57,6 +58,7 @@ pub struct InvokeBody {
 /// its record.
 pub async fn invoke_function(
     State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<InvokeBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(|e| {
@@ -72,7 +74,9 @@ pub async fn invoke_function(
             service.config.max_input_bytes
         )));
     }
-    let invoked = service.invoke(&body.func_name, input.into()).await?;
+    let invoked = service
+        .invoke(&body.func_name, input.into(), caller.name())
+        .await?;
     let outcome = invoked.outcome?;
     let status = CallStatus::from(&outcome.result);
     let result = match outcome.result.message() {
@@ -134,29 +138,55 @@ pub async fn functions(State(service): State<SharedService>) -> Json<Value> {
     Json(Value::Array(all))
 }
 
-/// `GET /calls`: the newest 1000 calls.
-pub async fn calls(State(service): State<SharedService>) -> ApiResult<Json<Value>> {
-    let calls = service
+/// Most calls `GET /calls` lists.
+const SEED_CALLS: usize = 1000;
+/// Bytes of params and results `GET /calls` returns at most: the seed's list carries
+/// every call's payloads, so it stops (newest first) when this much is gathered.
+const SEED_CALLS_BYTES: usize = 16 << 20;
+
+/// `GET /calls`: the newest calls (up to 1000, and up to 16 MiB of params and
+/// results), the caller's own for an invoke token.
+pub async fn calls(
+    State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    // Summaries first (small), then each call in full while the budget lasts: the
+    // memory this takes is bounded whatever the calls hold.
+    let summaries = service
         .store
         .list_calls(CallFilter {
-            limit: 1000,
-            with_payloads: true,
+            limit: SEED_CALLS,
+            caller: caller.name(),
             ..CallFilter::default()
         })
         .await?;
-    Ok(Json(Value::Array(calls.iter().map(seed_call).collect())))
+    let mut calls = Vec::new();
+    let mut bytes = 0usize;
+    for summary in summaries {
+        let Some(call) = service.store.get_call(&summary.id).await? else {
+            continue;
+        };
+        bytes += call.input.len() + call.output.as_ref().map_or(0, Vec::len);
+        if bytes > SEED_CALLS_BYTES && !calls.is_empty() {
+            break;
+        }
+        calls.push(seed_call(&call));
+    }
+    Ok(Json(Value::Array(calls)))
 }
 
 /// `GET /call/{callNum}`.
 pub async fn call(
     State(service): State<SharedService>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(num): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let num: i64 = num
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{num:?} is not a call number")))?;
     match service.store.get_call_by_num(num).await? {
-        Some(call) => Ok(Json(seed_call(&call))),
-        None => Err(ApiError::NotFound(format!("call {num} does not exist"))),
+        // Another caller's call is as unknown as one that does not exist.
+        Some(call) if caller.may_read(call.caller.as_deref()) => Ok(Json(seed_call(&call))),
+        _ => Err(ApiError::NotFound(format!("call {num} does not exist"))),
     }
 }

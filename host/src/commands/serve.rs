@@ -30,9 +30,20 @@ pub struct ServeArgs {
     /// Where newt keeps its database, bundles and compiled modules [default: ~/.newt]
     #[arg(long, env = "NEWT_HOME")]
     pub home: Option<PathBuf>,
-    /// Require `Authorization: Bearer <token>` on every /v1 route.
+    /// The admin token: require `Authorization: Bearer <token>` on every /v1 route.
     #[arg(long, env = "NEWT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// An invoke-only token, `NAME=TOKEN` (repeatable; or NEWT_INVOKE_TOKENS, comma
+    /// separated): it may invoke functions and read the calls it made, nothing else.
+    /// Needs --token.
+    #[arg(
+        long = "invoke-token",
+        value_name = "NAME=TOKEN",
+        env = "NEWT_INVOKE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub invoke_tokens: Vec<String>,
     /// Allow listening on a non-loopback address without a token.
     #[arg(long)]
     pub insecure: bool,
@@ -115,6 +126,26 @@ fn home_dir(home: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(user_home).join(".newt"))
 }
 
+/// Splits `NAME=TOKEN`; the name is what call records show, the token its secret.
+fn parse_invoke_token(spec: &str) -> anyhow::Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((name, token))
+            if !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && token.len() >= 16 =>
+        {
+            Ok((name.to_string(), token.to_string()))
+        }
+        _ => bail!(
+            "--invoke-token takes NAME=TOKEN with a name of letters, digits, '-' and '_' and a \
+             token of at least 16 characters"
+        ),
+    }
+}
+
 /// Splits `NAME=PATH`.
 fn parse_deploy(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     match spec.split_once('=') {
@@ -141,6 +172,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| parse_deploy(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let invoke_tokens = args
+        .invoke_tokens
+        .iter()
+        .map(|t| parse_invoke_token(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !invoke_tokens.is_empty() && token.is_none() {
+        bail!(
+            "--invoke-token needs --token: without an admin token, deploys and deletes \
+             would be open to anyone while calls are not"
+        );
+    }
     let home = home_dir(args.home.clone())?;
 
     tracing_subscriber::fmt()
@@ -154,12 +196,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, token, home, deploys))
+    runtime.block_on(serve(args, token, invoke_tokens, home, deploys))
 }
 
 async fn serve(
     args: ServeArgs,
     token: Option<String>,
+    invoke_tokens: Vec<(String, String)>,
     home: PathBuf,
     deploys: Vec<(String, PathBuf)>,
 ) -> anyhow::Result<()> {
@@ -167,6 +210,7 @@ async fn serve(
         max_bundle_bytes: args.max_bundle_bytes,
         max_input_bytes: args.max_input_bytes,
         token: token.clone(),
+        invoke_tokens,
         async_concurrency: args.async_concurrency,
         max_async_backlog: args.max_async_backlog,
         max_inflight_bytes: args.max_inflight_bytes,

@@ -92,7 +92,13 @@ impl Service {
         })
     }
 
-    fn new_call(&self, spec: &FunctionSpec, input: Bytes, is_async: bool) -> CallRecord {
+    fn new_call(
+        &self,
+        spec: &FunctionSpec,
+        input: Bytes,
+        is_async: bool,
+        caller: Option<String>,
+    ) -> CallRecord {
         CallRecord {
             id: uuid::Uuid::now_v7().to_string(),
             num: self.store.next_call_num(),
@@ -111,13 +117,19 @@ impl Service {
             created_at: now_ms(),
             started_at: None,
             finished_at: None,
+            caller,
         }
     }
 
-    /// Runs a sync call of `name` and records it.
-    pub async fn invoke(self: &Arc<Self>, name: &str, input: Bytes) -> ServiceResult<Invoked> {
+    /// Runs a sync call of `name` for `caller` (an invoke token's name) and records it.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        name: &str,
+        input: Bytes,
+        caller: Option<String>,
+    ) -> ServiceResult<Invoked> {
         let spec = self.serving(name)?;
-        let record = self.new_call(&spec, input, false);
+        let record = self.new_call(&spec, input, false, caller);
         let (call_id, num) = (record.id.clone(), record.num);
         let outcome = self.run_call(record, &spec).await;
         Ok(Invoked {
@@ -134,9 +146,10 @@ impl Service {
         self: &Arc<Self>,
         name: &str,
         input: Bytes,
+        caller: Option<String>,
     ) -> ServiceResult<CallRecord> {
         let spec = self.serving(name)?;
-        let record = self.new_call(&spec, input, true);
+        let record = self.new_call(&spec, input, true, caller);
         let max = self.config.max_async_backlog;
         let reserved = self
             .async_backlog

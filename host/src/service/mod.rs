@@ -35,8 +35,11 @@ pub struct ServerConfig {
     pub max_bundle_bytes: usize,
     /// Largest call input accepted, in bytes.
     pub max_input_bytes: usize,
-    /// When set, every `/v1` route requires `Authorization: Bearer <token>`.
+    /// The admin token: when set, every `/v1` and seed route requires
+    /// `Authorization: Bearer <token>` (or an invoke token where that may do).
     pub token: Option<String>,
+    /// Invoke-only tokens, `(name, token)`: they may invoke and read their own calls.
+    pub invoke_tokens: Vec<(String, String)>,
     /// Async calls running at once; the rest wait, `pending`.
     pub async_concurrency: usize,
     /// Async calls accepted but not finished; beyond this new ones get 429.
@@ -46,6 +49,21 @@ pub struct ServerConfig {
     /// then gets 429. Each call reserves its input plus its function's
     /// `max_output_bytes` and `max_log_bytes`.
     pub max_inflight_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    /// `newt serve`'s defaults, without tokens.
+    fn default() -> Self {
+        ServerConfig {
+            max_bundle_bytes: 64 << 20,
+            max_input_bytes: 6 << 20,
+            token: None,
+            invoke_tokens: Vec::new(),
+            async_concurrency: 16,
+            max_async_backlog: 10_000,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+        }
+    }
 }
 
 /// Default of [`ServerConfig::max_inflight_bytes`]: 2 GiB, room for ~290 calls at the

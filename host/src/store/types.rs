@@ -169,6 +169,9 @@ pub struct CallRecord {
     pub started_at: Option<i64>,
     /// When it reached a final status, unix milliseconds.
     pub finished_at: Option<i64>,
+    /// The name of the invoke token the call came with; `None` for the admin token or
+    /// a server without tokens.
+    pub caller: Option<String>,
 }
 
 /// One deployed version of a function.
@@ -205,6 +208,8 @@ pub struct CallFilter {
     pub limit: usize,
     /// For paging: only calls with `num` below this.
     pub before_num: Option<i64>,
+    /// Only calls made with this invoke token (by its name).
+    pub caller: Option<String>,
     /// Also read input, output and logs (up to megabytes each). Lists leave them out:
     /// their records have them empty, and `error` cut to [`SUMMARY_ERROR_CHARS`].
     pub with_payloads: bool,

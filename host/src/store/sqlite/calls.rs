@@ -13,7 +13,8 @@ use super::now_ms;
 use crate::store::{CallFilter, CallRecord, CallStatus, Recovery};
 
 const CALL_COLUMNS: &str = "id, num, function, version, status, is_async, input, output, \
-     error, logs, start, queue_us, init_us, exec_us, created_at, started_at, finished_at";
+     error, logs, start, queue_us, init_us, exec_us, created_at, started_at, finished_at, \
+     caller";
 
 /// The same columns for a listed call: no input, output or logs, and the error cut
 /// short, so a list of a thousand calls reads kilobytes, not gigabytes.
@@ -21,7 +22,7 @@ fn summary_columns() -> String {
     format!(
         "id, num, function, version, status, is_async, x'', NULL, \
          substr(error, 1, {}), x'', start, queue_us, init_us, exec_us, created_at, \
-         started_at, finished_at",
+         started_at, finished_at, caller",
         crate::store::types::SUMMARY_ERROR_CHARS
     )
 }
@@ -29,14 +30,15 @@ fn summary_columns() -> String {
 /// Later records for the same call id replace earlier ones, column by column.
 pub(super) const UPSERT_CALL: &str = "INSERT INTO calls (id, num, function, version, status, \
      is_async, input, output, error, logs, start, queue_us, init_us, exec_us, created_at, \
-     started_at, finished_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+     started_at, finished_at, caller) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
      ON CONFLICT (id) DO UPDATE SET num = excluded.num, function = excluded.function, \
      version = excluded.version, status = excluded.status, is_async = excluded.is_async, \
      input = excluded.input, output = excluded.output, error = excluded.error, \
      logs = excluded.logs, start = excluded.start, queue_us = excluded.queue_us, \
      init_us = excluded.init_us, exec_us = excluded.exec_us, created_at = excluded.created_at, \
-     started_at = excluded.started_at, finished_at = excluded.finished_at";
+     started_at = excluded.started_at, finished_at = excluded.finished_at, \
+     caller = excluded.caller";
 
 impl ToSql for CallStatus {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -73,6 +75,7 @@ pub(super) fn upsert(stmt: &mut CachedStatement<'_>, record: &CallRecord) -> rus
         record.created_at,
         record.started_at,
         record.finished_at,
+        record.caller,
     ])?;
     Ok(())
 }
@@ -121,6 +124,10 @@ pub(super) fn list(conn: &Connection, filter: CallFilter) -> Result<Vec<CallReco
     if let Some(status) = filter.status {
         values.push(Value::Text(status.as_str().to_owned()));
         conditions.push(format!("status = ?{}", values.len()));
+    }
+    if let Some(caller) = filter.caller {
+        values.push(Value::Text(caller));
+        conditions.push(format!("caller = ?{}", values.len()));
     }
     if let Some(before) = filter.before_num {
         values.push(Value::Integer(before));
@@ -209,6 +216,7 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
         created_at: row.get(14)?,
         started_at: row.get(15)?,
         finished_at: row.get(16)?,
+        caller: row.get(17)?,
     })
 }
 
@@ -315,6 +323,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn calls_keep_their_caller_and_list_by_it() {
+        let (_dir, _path, store) = open_temp();
+        let mut mine = call(1, "f", CallStatus::Done, false);
+        mine.caller = Some("app".into());
+        let theirs = call(2, "f", CallStatus::Done, false);
+        store.record_call(mine.clone()).await;
+        store.record_call(theirs.clone()).await;
+        assert_eq!(store.get_call(&mine.id).await.unwrap(), Some(mine.clone()));
+        let filter = CallFilter {
+            caller: Some("app".into()),
+            ..CallFilter::default()
+        };
+        let listed = store.list_calls(filter).await.unwrap();
+        assert_eq!(nums(&listed), [1]);
+        assert_eq!(listed[0].caller.as_deref(), Some("app"));
+    }
+
+    #[tokio::test]
     async fn list_calls_filters_limits_and_pages() {
         let (_dir, _path, store) = open_temp();
         let statuses = [CallStatus::Done, CallStatus::Failed];
@@ -329,6 +355,7 @@ mod tests {
                 status,
                 limit,
                 before_num,
+                caller: None,
                 with_payloads: false,
             };
             let store = store.clone();

@@ -317,6 +317,7 @@ mod testing {
             created_at: 1_700_000_000_000 + num,
             started_at: None,
             finished_at: None,
+            caller: None,
         }
     }
 

@@ -49,6 +49,10 @@ const MIGRATIONS: &[&str] = &[
         definition TEXT    NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 3: who made a call: the name of the invoke token it came with (NULL for the
+    // admin token, or when no tokens are configured), so such a token reads only its
+    // own calls.
+    "ALTER TABLE calls ADD COLUMN caller TEXT;",
 ];
 
 /// Applies the migrations this database has not seen yet, each in its own transaction.

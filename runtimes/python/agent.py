@@ -9,6 +9,8 @@ to it over the container's stdin/stdout. Every message, both ways, is a frame: a
     {"type":"init","function":"dice",               {"type":"ready","logs":"..."}
      "handler":"main:handler","workdir":"/app",     or {"type":"error","error":"...",
      "env":{"K":"V"},"max_log_bytes":1048576,           "logs":"..."}
+     "max_output_bytes":6291456,
+     "max_frame_bytes":14745600,
      "bundle":"<optional base64 .tar.gz/.zip>"}
     {"type":"run","id":"<call id>",                 {"type":"result","id":"...","ok":true,
      "input":"<raw input>","deadline_ms":<unix ms     "output":"<JSON>","logs":"..."}
@@ -20,6 +22,14 @@ to it over the container's stdin/stdout. Every message, both ways, is a frame: a
 handler prints to `sys.stdout` or `sys.stderr` during a call comes back as that call's
 `logs`. Calls are sequential. End of stdin ends the agent (exit 0); a malformed frame
 is a host bug: the agent says so on stderr and exits 2.
+
+Replies are bounded by `init`'s limits, and the host treats a bigger frame as a broken
+instance: a return value whose JSON is over `max_output_bytes` fails the call
+("output exceeds the limit"), logs keep their first `max_log_bytes`, an error text its
+first and last bytes up to 16 KiB, and a reply still over `max_frame_bytes` (logs full
+of control characters, which JSON escapes to six bytes each) has its logs, then its
+error, cut until it fits. Input or a return value nested deeper than Python's recursion
+limit fails that call only ("nested too deeply").
 
 An image built for one function has its code in `workdir` already. A runtime-level
 instance (the bare runtime image, started before any function claims it, with a
@@ -45,6 +55,13 @@ import traceback
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: Logs kept per call when `init` does not say (`max_log_bytes`).
 DEFAULT_MAX_LOG_BYTES = 1024 * 1024
+#: Largest return value, as JSON, when `init` does not say (`max_output_bytes`).
+DEFAULT_MAX_OUTPUT_BYTES = 6 * 1024 * 1024
+#: Room in a reply for all but output and logs; the host's bound when `init` does not
+#: give `max_frame_bytes` is 2 * (max_output_bytes + max_log_bytes) + this.
+FRAME_OVERHEAD = 64 * 1024
+#: An error text (a traceback) keeps at most this many bytes: its head and its tail.
+MAX_ERROR_BYTES = 16 * 1024
 #: Exit status for a protocol violation by the host.
 EXIT_PROTOCOL_ERROR = 2
 
@@ -105,16 +122,70 @@ class Channel:
             raise ProtocolError(f"frame is JSON {type(message).__name__}, not an object")
         return message
 
-    def send(self, message):
-        # ensure_ascii=False then errors="replace": a lone surrogate (which Python
-        # strings may hold) becomes "?" instead of a \ud800 escape that strict JSON
-        # parsers such as serde_json reject.
-        body = json.dumps(message, ensure_ascii=False).encode("utf-8", errors="replace")
+    def send(self, message, max_bytes=None):
+        """Sends `message`, cut to fit `max_bytes` when given (see `fit`)."""
+        body = encode(message) if max_bytes is None else fit(message, max_bytes)
         data = struct.pack(">I", len(body)) + body
         view = memoryview(data)
         while view:  # a raw write to a pipe may be partial
             written = self._writer.write(view)
             view = view[written:]
+
+
+def encode(value):
+    """JSON as the host reads it: UTF-8, non-ASCII unescaped.
+
+    ensure_ascii=False then errors="replace": a lone surrogate (which Python strings
+    may hold) becomes "?" instead of a \\ud800 escape that strict JSON parsers such as
+    serde_json reject.
+    """
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", errors="replace")
+
+
+def clip(text, limit, mark="error truncated"):
+    """`text` cut to about `limit` UTF-8 bytes, keeping its head and its tail (where a
+    traceback names the exception)."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    head, tail = limit // 4, limit - limit // 4
+    cut = len(data) - head - tail
+    # A cut may split a character: drop the partial bytes.
+    return (data[:head].decode("utf-8", errors="ignore") + f"\n[{mark}: {cut} bytes]\n"
+            + data[-tail:].decode("utf-8", errors="ignore"))
+
+
+def fit(message, max_bytes):
+    """The frame body of `message`, at most `max_bytes`: the host refuses bigger frames.
+
+    The caps already bound a reply to about 2 * (output + logs) bytes, since JSON
+    escapes ordinary text to at most twice its size; only control characters (six
+    bytes as \\u0000) can push it further. Then the logs are cut, then the error, to
+    the longest prefix that fits. The output is never cut: the agent refused it
+    already if it was over `max_output_bytes`.
+    """
+    body = encode(message)
+    for name, mark in (("logs", "\n[logs truncated]"), ("error", "\n[error truncated]")):
+        text = message.get(name)
+        if len(body) <= max_bytes or not isinstance(text, str) or not text:
+            continue
+        room = max_bytes - (len(body) - len(encode(text)))
+        kept, over = 0, len(text)  # the longest prefix that fits is in [kept, over)
+        while over - kept > 1:
+            middle = (kept + over) // 2
+            if len(encode(text[:middle] + mark)) <= room:
+                kept = middle
+            else:
+                over = middle
+        message = {**message, name: text[:kept] + mark if kept or len(encode(mark)) <= room else ""}
+        body = encode(message)
+    if len(body) > max_bytes:  # only with a host-chosen bound too small for any reply
+        reply = {key: message[key] for key in ("type", "id") if key in message}
+        if message.get("type") == "result":
+            reply.update(ok=False, logs="")
+        reply["error"] = f"the reply does not fit in the host's {max_bytes}-byte frame limit"
+        body = encode(reply)
+    return body
 
 
 class LogBuffer(io.TextIOBase):
@@ -316,6 +387,8 @@ class Agent:
         self.handler = None
         self.with_context = False
         self.max_log_bytes = DEFAULT_MAX_LOG_BYTES
+        self.max_output_bytes = DEFAULT_MAX_OUTPUT_BYTES
+        self.max_frame_bytes = None
 
     def serve(self):
         """Answers messages until end of input."""
@@ -327,9 +400,11 @@ class Agent:
             if kind == "ping":
                 self.channel.send({"type": "pong"})
             elif kind == "init":
-                self.channel.send(self.init(message))
+                reply = self.init(message)
+                self.channel.send(reply, self.max_frame_bytes)
             elif kind == "run":
-                self.channel.send(self.run(message))
+                reply = self.run(message)
+                self.channel.send(reply, self.max_frame_bytes)
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
 
@@ -344,6 +419,9 @@ class Agent:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise ProtocolError("init message field 'env' must map strings to strings")
         self.max_log_bytes = field(message, "max_log_bytes", int, DEFAULT_MAX_LOG_BYTES)
+        self.max_output_bytes = field(message, "max_output_bytes", int, DEFAULT_MAX_OUTPUT_BYTES)
+        self.max_frame_bytes = field(message, "max_frame_bytes", int,
+                                     2 * (self.max_output_bytes + self.max_log_bytes) + FRAME_OVERHEAD)
 
         logs = LogBuffer(self.max_log_bytes)
         self.capture.sink = logs
@@ -359,7 +437,7 @@ class Agent:
             handler = load_handler(spec)
             with_context = takes_context(handler)
         except (Exception, SystemExit):  # a module may call sys.exit() at import
-            return {"type": "error", "error": traceback.format_exc(), "logs": logs.text()}
+            return {"type": "error", "error": clip(traceback.format_exc(), MAX_ERROR_BYTES), "logs": logs.text()}
         finally:
             self.capture.sink = None
         self.function_name, self.handler, self.with_context = function_name, handler, with_context
@@ -374,7 +452,7 @@ class Agent:
         deadline_ms = field(message, "deadline_ms", (int, float))
 
         def failed(error, logs=""):
-            return {"type": "result", "id": call_id, "ok": False, "error": error, "logs": logs}
+            return {"type": "result", "id": call_id, "ok": False, "error": clip(error, MAX_ERROR_BYTES), "logs": logs}
 
         if self.handler is None:
             return failed("the agent has no function: send init first")
@@ -385,6 +463,10 @@ class Agent:
             event = json.loads(raw_input) if raw_input.strip() else None
         except ValueError as error:
             return failed(f"input is not valid JSON: {error}")
+        except RecursionError:
+            # The C parser counts its depth against the recursion limit: `[[[[...]]]]`
+            # 100 000 deep fails this call, not the agent.
+            return failed(f"input is nested too deeply: JSON deeper than {sys.getrecursionlimit()} levels is refused")
 
         os.environ["NEWT_CALL_ID"] = call_id
         logs = LogBuffer(self.max_log_bytes)
@@ -405,8 +487,16 @@ class Agent:
         try:
             # Compact like serde_json; NaN and Infinity are not JSON, so refuse them.
             output = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError, RecursionError) as error:
+        except RecursionError:  # deep nesting, or a list that contains itself
+            return failed(f"the handler's return value ({type(value).__name__}) is nested too deeply: "
+                          f"JSON deeper than {sys.getrecursionlimit()} levels is refused", logs.text())
+        except (TypeError, ValueError) as error:
             return failed(f"the handler's return value ({type(value).__name__}) is not JSON-serialisable: {error}", logs.text())
+        # Counted as the host counts it, in UTF-8 bytes ("?" for a lone surrogate).
+        size = len(output.encode("utf-8", errors="replace"))
+        if size > self.max_output_bytes:
+            return failed(f"output exceeds the limit of {self.max_output_bytes} bytes: "
+                          f"the return value is {size} bytes of JSON", logs.text())
         return {"type": "result", "id": call_id, "ok": True, "output": output, "logs": logs.text()}
 
 

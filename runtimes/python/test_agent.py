@@ -78,6 +78,7 @@ class Agent:
 
     def receive(self):
         (length,) = struct.unpack(">I", self._read_exact(4))
+        self.last_frame_bytes = length
         return json.loads(self._read_exact(length).decode("utf-8"))
 
     def request(self, message):
@@ -374,6 +375,85 @@ class AgentTest(unittest.TestCase):
         reply = agent.run('"héllo 🎲"')
         self.assertEqual(json.loads(reply["output"]), "héllo 🎲 ✓")
         self.assertEqual(reply["logs"], "héllo 🎲\n")
+
+    def test_output_over_max_output_bytes_is_refused_by_the_agent(self):
+        agent = self.ready("def handler(event):\n    print('made', event)\n    return 'x' * event\n",
+                           max_output_bytes=100)
+        self.assertEqual(agent.run("98")["output"], '"' + "x" * 98 + '"')  # 100 bytes: fits
+        reply = agent.run("99", call_id="big")
+        self.assertEqual(reply["id"], "big")
+        self.assertFalse(reply["ok"])
+        self.assertNotIn("output", reply)
+        self.assertEqual(reply["error"], "output exceeds the limit of 100 bytes: the return value is 101 bytes of JSON")
+        self.assertEqual(reply["logs"], "made 99\n")
+        # Bytes, not characters: "é" is two bytes of UTF-8.
+        agent = self.ready("def handler(event):\n    return 'é' * event\n", max_output_bytes=10)
+        self.assertTrue(agent.run("4")["ok"])
+        self.assertIn("over", agent.run("5")["error"].replace("exceeds", "over"))
+        # The agent goes on serving.
+        self.assertEqual(agent.run("1")["output"], '"é"')
+
+    def test_replies_are_cut_to_fit_the_frame_limit(self):
+        # Control characters escape to six bytes each (\u0000): logs within
+        # max_log_bytes can still make a reply over the host's frame limit.
+        agent = self.ready("""
+            import sys
+            def handler(event):
+                sys.stdout.write("\\x00" * 10_000)
+                if event == "fail":
+                    raise ValueError("\\x01" * 100_000)
+                return "\\x02" * 500
+        """, max_log_bytes=10_000, max_output_bytes=4_000, max_frame_bytes=8_192)
+        reply = agent.run('"ok"')
+        self.assertLessEqual(agent.last_frame_bytes, 8_192)
+        self.assertTrue(reply["ok"], reply)
+        self.assertEqual(json.loads(reply["output"]), "\x02" * 500)  # the output is never cut
+        self.assertTrue(reply["logs"].endswith("\n[logs truncated]"), reply["logs"][-40:])
+        self.assertGreater(len(reply["logs"]), 100)
+        reply = agent.run('"fail"')
+        self.assertLessEqual(agent.last_frame_bytes, 8_192)
+        self.assertFalse(reply["ok"])
+        self.assertIn("Traceback", reply["error"])
+        self.assertIn("error truncated", reply["error"])
+        # Without max_frame_bytes the agent uses the host's formula; a long error
+        # keeps its head and its tail (where the exception is named).
+        agent = self.ready("def handler(event):\n    raise KeyError('k' * 100_000 + 'THE END')\n")
+        reply = agent.run("{}")
+        self.assertLess(len(reply["error"].encode()), 17 * 1024)
+        self.assertTrue(reply["error"].startswith("Traceback"), reply["error"][:40])
+        self.assertIn("THE END", reply["error"])
+        self.assertEqual(agent.request({"type": "ping"}), {"type": "pong"})
+
+    def test_deeply_nested_input_fails_the_call_not_the_agent(self):
+        agent = self.ready("def handler(event):\n    return len(event)\n")
+        depth = 100_000
+        for name, text in {"array": "[" * depth + "]" * depth,
+                           "object": '{"a":' * depth + "1" + "}" * depth}.items():
+            with self.subTest(name):
+                reply = agent.run(text, call_id="deep")
+                self.assertEqual(reply["id"], "deep")
+                self.assertFalse(reply["ok"])
+                self.assertTrue(reply["error"].startswith("input is nested too deeply"), reply["error"])
+                self.assertEqual(agent.run("[1, 2]")["output"], "2")
+        # The same input as base64 (the host's way for input that is not UTF-8).
+        raw = base64.b64encode(("[" * depth + "]" * depth).encode()).decode()
+        reply = agent.request({"type": "run", "id": "b", "input": "", "input_b64": raw})
+        self.assertTrue(reply["error"].startswith("input is nested too deeply"), reply["error"])
+        self.assertEqual(agent.finish(), 0)
+
+    def test_return_value_nested_too_deeply_fails_the_call_not_the_agent(self):
+        agent = self.ready("""
+            def handler(event):
+                value = "bottom"
+                for _ in range(event):
+                    value = [value]
+                return value
+        """)
+        reply = agent.run("100000")
+        self.assertFalse(reply["ok"])
+        self.assertIn("(list) is nested too deeply", reply["error"])
+        self.assertEqual(agent.run("2")["output"], '[["bottom"]]')
+        self.assertEqual(agent.finish(), 0)
 
     def test_end_of_input_exits_zero(self):
         agent = self.start("def handler(event):\n    return 1\n")

@@ -7,7 +7,7 @@
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -29,9 +29,17 @@ pub(crate) const FUNCTION_UID: &str = "10001";
 const PIDS_LIMIT: i64 = 128;
 /// CPU a container may use, in billionths of a CPU (1 CPU).
 const NANO_CPUS: i64 = 1_000_000_000;
-/// Size of the writable /tmp.
+/// Size of the writable /tmp, and of the tmpfs put over each `VOLUME` of an image.
 const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
-/// Room for the JSON around a result's output and logs.
+/// Files a process may have open (soft = hard, so a function cannot raise it): enough
+/// for any handler, and no exhausting the host's file table.
+const NOFILE: i64 = 1024;
+/// Size of /dev/shm (POSIX shared memory: multiprocessing's locks and queues). It is
+/// charged to the container's memory like the tmpfs, but a small cap keeps one
+/// function's stray segments from filling its memory unnoticed.
+const SHM_SIZE: i64 = 16 << 20;
+/// Room in a frame for all but the output and logs: the JSON keys, the call id and
+/// the error text (the agent keeps at most 16 KiB of it).
 const FRAME_OVERHEAD: u64 = 64 * 1024;
 
 type Output =
@@ -106,16 +114,38 @@ fn docker_error(action: &str, e: bollard::errors::Error) -> Error {
     Error::Internal(anyhow::anyhow!("{action}: {e}"))
 }
 
-/// The hardening every function container gets.
-fn host_config(limits: &Limits) -> HostConfig {
+/// The hardening every function container gets. `volumes` are the mount points the
+/// image declares (`VOLUME`) and `workdir` the function's code folder.
+fn host_config(limits: &Limits, volumes: &[String], workdir: &str) -> HostConfig {
     let memory = (limits.memory_mb << 20) as i64;
+    let mut tmpfs = HashMap::from([("/tmp".to_string(), TMPFS_OPTIONS.to_string())]);
+    // The engine makes an anonymous volume for each VOLUME of the image: host disk
+    // without a cap, writable under a read-only root, and left behind by a removal
+    // without `v`. A tmpfs mounted there instead is bounded (charged to the memory
+    // limit) and goes with the container. Not over the code: a tmpfs would hide what
+    // the image holds there, where a volume is seeded with it; such a volume goes
+    // with the container when it is removed (`v`, see [`remove`]).
+    for volume in volumes {
+        let path = volume.trim_end_matches('/');
+        let holds_code = path.is_empty()
+            || workdir == path
+            || workdir.starts_with(&format!("{path}/"))
+            || path.starts_with(&format!("{workdir}/"));
+        if !holds_code && path.starts_with('/') {
+            tmpfs
+                .entry(path.to_string())
+                .or_insert_with(|| TMPFS_OPTIONS.to_string());
+        }
+    }
+    let ulimit = |name: &str, limit: i64| ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(limit),
+        hard: Some(limit),
+    };
     HostConfig {
         network_mode: Some("none".into()),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(
-            "/tmp".to_string(),
-            TMPFS_OPTIONS.to_string(),
-        )])),
+        tmpfs: Some(tmpfs),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         memory: Some(memory),
@@ -123,6 +153,11 @@ fn host_config(limits: &Limits) -> HostConfig {
         memory_swap: Some(memory),
         nano_cpus: Some(NANO_CPUS),
         pids_limit: Some(PIDS_LIMIT),
+        // No core dumps: a crash of a 4 GiB process would write 4 GiB.
+        ulimits: Some(vec![ulimit("nofile", NOFILE), ulimit("core", 0)]),
+        shm_size: Some(SHM_SIZE),
+        // Its own IPC namespace, never shareable, whatever the daemon's default.
+        ipc_mode: Some("private".into()),
         init: Some(true),
         // json-file has no size cap and halves attach throughput.
         log_config: Some(HostConfigLogConfig {
@@ -188,6 +223,7 @@ async fn start_by(
         // `init` will bring.
         env.push("NEWT_RUNTIME_LEVEL=1".into());
     }
+    let volumes = super::image::image_volumes(docker, image).await?;
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd),
@@ -202,7 +238,7 @@ async fn start_by(
         stdin_once: Some(agent),
         tty: Some(false),
         labels: Some(labels),
-        host_config: Some(host_config(limits)),
+        host_config: Some(host_config(limits, &volumes, &runtime.path)),
         ..Default::default()
     };
     // The instance owns the container from before it exists: a caller that vanishes
@@ -289,11 +325,25 @@ async fn start_by(
     }
 }
 
-/// The largest frame accepted: output and logs travel JSON-escaped inside it, which
-/// can take up to six bytes per byte (`\u0000`); their real sizes are checked after
-/// parsing.
+/// The largest frame accepted from the agent: twice the output and log caps, plus
+/// 64 KiB. Output and logs travel JSON-escaped inside a `result`, so the frame is
+/// bounded by what escaping can do to each, and the agent holds up its end:
+///
+/// - output: the agent refuses a return value whose JSON is over `max_output_bytes`.
+///   That JSON has no raw control characters (`json.dumps` escapes them in strings
+///   and compact separators add no whitespace), so quoting it again escapes only `"`
+///   and `\`, to two bytes each: at most 2 × max_output_bytes.
+/// - logs: at most `max_log_bytes` of UTF-8, which ordinary text (quotes, newlines,
+///   tabs) escapes to at most twice that; a control character becomes six bytes
+///   (`\u0000`), so a tight bound cannot come from the caps alone. The agent is told
+///   this limit in `init` and cuts the logs, then the error text, until its reply
+///   fits, so only logs full of control characters are ever cut further.
+/// - the rest (keys, call id, an error the agent cuts to 16 KiB): [`FRAME_OVERHEAD`].
+///
+/// A frame announcing more is a protocol break: the call fails and the container is
+/// removed. The real sizes of output and logs are checked again after parsing.
 fn frame_limit(limits: &Limits) -> usize {
-    (6 * (limits.max_output_bytes + 2 * limits.max_log_bytes) + FRAME_OVERHEAD) as usize
+    (2 * (limits.max_output_bytes + limits.max_log_bytes) + FRAME_OVERHEAD) as usize
 }
 
 /// Loads a function into a runtime-level instance by `deadline`: its code travels in
@@ -339,14 +389,20 @@ async fn init_agent(
     bundle: Option<&str>,
     deadline: Instant,
 ) -> Result<()> {
+    let max_frame = frame_limit(limits);
     let init = HostMessage::Init {
         function,
         handler,
         workdir,
         env: HashMap::new(),
         max_log_bytes: limits.max_log_bytes,
+        max_output_bytes: limits.max_output_bytes,
+        max_frame_bytes: max_frame as u64,
         bundle,
     };
+    if let Some(io) = instance.io.as_mut() {
+        io.frames.set_max_frame(max_frame);
+    }
     match exchange(instance, &init, "load the function", deadline).await? {
         AgentMessage::Ready { .. } => Ok(()),
         AgentMessage::Error { error, logs } => Err(Error::InstanceStart(format!(
@@ -401,7 +457,9 @@ enum Ended {
 impl Ended {
     async fn describe(&self, docker: &Docker, id: &str, memory_mb: u64) -> String {
         match self {
-            Ended::Protocol(e) => format!("the container broke the protocol: {e}"),
+            Ended::Protocol(e) => {
+                format!("the container broke the protocol: {e}; the container is removed")
+            }
             Ended::Closed => exit_reason(docker, id, memory_mb).await,
         }
     }
@@ -416,7 +474,9 @@ async fn next_message(io: &mut AgentIo) -> std::result::Result<AgentMessage, End
             Err(e) => return Err(Ended::Protocol(e)),
         }
         match io.output.next().await {
-            Some(Ok(LogOutput::StdOut { message })) => io.frames.push(&message),
+            Some(Ok(LogOutput::StdOut { message })) => {
+                io.frames.push(&message).map_err(Ended::Protocol)?
+            }
             Some(Ok(LogOutput::StdErr { message })) => {
                 if io.stderr.len() < 1 << 20 {
                     io.stderr.extend_from_slice(&message);
@@ -720,7 +780,12 @@ async fn invoke_command(
 /// Removes a container, whatever its state. Errors are logged: a leftover is removed
 /// by the next start's cleanup.
 pub(crate) async fn remove(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    // `v`: with the anonymous volumes of the image's VOLUMEs (those not replaced by a
+    // tmpfs in [`host_config`]), or each removal would leave one behind.
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     if let Err(e) = docker.remove_container(id, Some(options)).await {
         tracing::debug!(container = id, "remove: {e}");
     }
@@ -734,4 +799,82 @@ fn split_command(command: &str) -> Vec<String> {
 /// A random id for naming and labelling an instance.
 fn uuid_like() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_config_hardens_every_container() {
+        let limits = Limits {
+            memory_mb: 64,
+            ..Limits::default()
+        };
+        let config = host_config(&limits, &[], "/app");
+        assert_eq!(config.network_mode.as_deref(), Some("none"));
+        assert_eq!(config.readonly_rootfs, Some(true));
+        assert_eq!(config.memory, Some(64 << 20));
+        assert_eq!(config.memory_swap, config.memory);
+        assert_eq!(config.shm_size, Some(16 << 20));
+        assert_eq!(config.ipc_mode.as_deref(), Some("private"));
+        let ulimits: Vec<_> = config
+            .ulimits
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.name.unwrap(), u.soft.unwrap(), u.hard.unwrap()))
+            .collect();
+        assert_eq!(
+            ulimits,
+            [
+                ("nofile".to_string(), 1024, 1024),
+                ("core".to_string(), 0, 0)
+            ]
+        );
+        assert_eq!(config.tmpfs.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn image_volumes_become_tmpfs_except_over_the_code() {
+        let volumes = [
+            "/data".to_string(),
+            "/var/cache/".to_string(),
+            "/app".to_string(),
+            "/app/models".to_string(),
+            "/".to_string(),
+            "/srv".to_string(),
+            "/tmp".to_string(),
+        ];
+        let tmpfs = host_config(&Limits::default(), &volumes, "/srv/fn")
+            .tmpfs
+            .unwrap();
+        let mut paths: Vec<_> = tmpfs.keys().map(String::as_str).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            ["/app", "/app/models", "/data", "/tmp", "/var/cache"]
+        );
+        assert!(tmpfs.values().all(|o| o == TMPFS_OPTIONS));
+        let tmpfs = host_config(&Limits::default(), &volumes, "/app")
+            .tmpfs
+            .unwrap();
+        assert!(!tmpfs.contains_key("/app") && !tmpfs.contains_key("/app/models"));
+    }
+
+    #[test]
+    fn frames_are_bounded_by_twice_the_caps_plus_overhead() {
+        let limits = Limits {
+            max_output_bytes: 1000,
+            max_log_bytes: 500,
+            ..Limits::default()
+        };
+        assert_eq!(frame_limit(&limits), 3000 + 64 * 1024);
+        let most = Limits {
+            max_output_bytes: crate::limits::MAX_OUTPUT_BYTES,
+            max_log_bytes: crate::limits::MAX_LOG_BYTES,
+            ..Limits::default()
+        };
+        // Fits the 4-byte length prefix with room to spare.
+        assert!(frame_limit(&most) < u32::MAX as usize / 16);
+    }
 }

@@ -262,3 +262,192 @@ pub(crate) async fn image_id(docker: &Docker, name: &str) -> Result<String> {
         .map_err(|e| docker_error("inspecting an image", e))?;
     Ok(inspect.id.unwrap_or_default())
 }
+
+/// The mount points an image declares with `VOLUME`: the engine makes an anonymous
+/// volume for each at create, unless something is mounted there already.
+pub(crate) async fn image_volumes(docker: &Docker, name: &str) -> Result<Vec<String>> {
+    let inspect = docker
+        .inspect_image(name)
+        .await
+        .map_err(|e| docker_error("inspecting an image", e))?;
+    Ok(inspect
+        .config
+        .and_then(|config| config.volumes)
+        .unwrap_or_default())
+}
+
+/// Whether `reference` is a Docker image reference, by the engine's grammar
+/// (distribution/reference):
+///
+/// ```text
+/// reference  := name [ ":" tag ] [ "@sha256:" 64 lowercase hex ]
+/// name       := [ domain "/" ] path ( "/" path )*        (at most 255 bytes)
+/// domain     := host [ ":" port ]    host := label ( "." label )*
+/// label      := [a-zA-Z0-9] | [a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]
+/// path       := [a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*
+/// tag        := [\w][\w.-]{0,127}
+/// ```
+///
+/// The first component is the registry's domain when it has a `.` or a `:`, is
+/// `localhost`, or has an uppercase letter, as the engine decides. Only `sha256`
+/// digests and no bracketed IPv6 hosts. What this refuses matters beyond tidiness:
+/// bollard puts the name into the engine's URL paths unescaped, so a name such as
+/// `x/../get?names=a` would reach other API routes, and the function image's
+/// Dockerfile says `FROM <image>`.
+pub(crate) fn valid_reference(reference: &str) -> bool {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let hex_ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        if !hex_ok {
+            return false;
+        }
+    }
+    // A tag is what follows the last ':' when no '/' follows it (a ':' before a '/'
+    // is a registry's port).
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let tag_ok = (1..=128).contains(&tag.len())
+            && word(tag.as_bytes()[0])
+            && tag.bytes().all(|b| word(b) || b == b'.' || b == b'-');
+        if !tag_ok {
+            return false;
+        }
+    }
+    if name.is_empty() || name.len() > 255 {
+        return false;
+    }
+    let mut paths = name.split('/').peekable();
+    if let Some(first) = paths.next_if(|first| {
+        name.contains('/')
+            && (first.contains(['.', ':'])
+                || *first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()))
+    }) && !valid_domain(first)
+    {
+        return false;
+    }
+    paths.peek().is_some() && paths.all(valid_path_component)
+}
+
+/// `host[:port]`: dot-separated DNS labels, then an optional numeric port.
+fn valid_domain(domain: &str) -> bool {
+    let (host, port) = match domain.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (domain, None),
+    };
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    };
+    host.split('.').all(label_ok)
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `[a-z0-9]+` runs joined by one of `.`, `_`, `__` or a run of `-`.
+fn valid_path_component(component: &str) -> bool {
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut rest = component.as_bytes();
+    loop {
+        let run = rest.iter().take_while(|b| alnum(b)).count();
+        if run == 0 {
+            return false;
+        }
+        rest = &rest[run..];
+        if rest.is_empty() {
+            return true;
+        }
+        let separator = rest.iter().take_while(|b| !alnum(b)).count();
+        let ok = match &rest[..separator] {
+            b"." | b"_" | b"__" => true,
+            dashes => dashes.iter().all(|b| *b == b'-'),
+        };
+        if !ok {
+            return false;
+        }
+        rest = &rest[separator..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_follow_the_engine_grammar() {
+        let digest = format!("a@sha256:{}", "0123456789abcdef".repeat(4));
+        let tagged_digest = format!("newt/python:3@sha256:{}", "f".repeat(64));
+        for good in [
+            "a",
+            "newt/python:3",
+            "python:3.12-slim",
+            "localhost:5000/a/b:1.2",
+            "localhost/a",
+            "registry.example.com/team/app:v1_0-rc.2",
+            "Registry.Example.com:443/app",
+            "team/a.b__c-d---e/f_g:TAG",
+            "a.b/c",
+            "newt-fn/dice:0123456789abcdef",
+            digest.as_str(),
+            tagged_digest.as_str(),
+        ] {
+            assert!(valid_reference(good), "{good:?} should be valid");
+        }
+        let long_tag = format!("a:{}", "t".repeat(129));
+        let long_name = "a/".repeat(128) + "a";
+        for bad in [
+            "",
+            "x/../get?names=a",
+            "../../containers/json",
+            "a/..",
+            "..",
+            "Ubuntu",
+            "newt/Python:3",
+            "a//b",
+            "/a",
+            "a/",
+            "a:",
+            ":3",
+            "a:-x",
+            "a:b:c",
+            "a?b",
+            "a#b",
+            "a%2fb",
+            "a b",
+            "a\nb",
+            "a..b",
+            "a_.b",
+            "a___b",
+            "-a",
+            "a-",
+            "a@",
+            "a@sha256:",
+            "a@sha256:abc",
+            "a@md5:0123456789abcdef0123456789abcdef",
+            "host:port/a",
+            "a.b__c/d",
+            "-host.com/a",
+            long_tag.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(!valid_reference(bad), "{bad:?} should be refused");
+        }
+        // The 64 hex digits must be lowercase and exactly 64.
+        assert!(!valid_reference(&format!("a@sha256:{}", "F".repeat(64))));
+        assert!(!valid_reference(&format!("a@sha256:{}", "f".repeat(63))));
+    }
+}

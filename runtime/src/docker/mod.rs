@@ -105,11 +105,13 @@ impl ContainerRuntime {
         if self.name == "wasm" {
             return bad("`wasm` is the built-in WebAssembly runtime".into());
         }
-        if self.image.is_empty()
-            || self.image.len() > 255
-            || self.image.contains(char::is_whitespace)
-        {
-            return bad(format!("invalid image {:?}", self.image));
+        if !image::valid_reference(&self.image) {
+            return bad(format!(
+                "invalid image {:?}: give a Docker image reference such as \
+                 `newt/python:3` or `registry.example.com:5000/team/app:1.2` (lowercase \
+                 name components, an optional tag, an optional @sha256 digest)",
+                self.image
+            ));
         }
         if !self.path.starts_with('/') || self.path.contains("..") || self.path.contains('\n') {
             return bad(format!(
@@ -607,6 +609,34 @@ mod tests {
     }
 
     #[test]
+    fn runtime_images_must_be_image_references() {
+        let base = ContainerRuntime::builtin_python();
+        let digest = format!("a@sha256:{}", "ab".repeat(32));
+        for image in [
+            "newt/python:3",
+            "localhost:5000/a/b:1.2",
+            "python:3.12-slim",
+            digest.as_str(),
+        ] {
+            let runtime = ContainerRuntime {
+                image: image.into(),
+                ..base.clone()
+            };
+            runtime.validate().unwrap();
+        }
+        let refused = ContainerRuntime {
+            image: "x/../get?names=a".into(),
+            ..base
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            refused.to_string().contains("Docker image reference"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn bad_runtime_fields_are_refused() {
         let base = ContainerRuntime::builtin_python();
         for broken in [
@@ -620,6 +650,30 @@ mod tests {
             },
             ContainerRuntime {
                 image: "a b".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "x/../get?names=a".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "../../containers/json".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "Ubuntu".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "a//b".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "a:".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                image: "FROM a\nRUN x".into(),
                 ..base.clone()
             },
             ContainerRuntime {

@@ -23,6 +23,11 @@ pub(crate) enum HostMessage<'a> {
         workdir: &'a str,
         env: HashMap<String, String>,
         max_log_bytes: u64,
+        /// The agent refuses a return value whose JSON is longer, with a clear error.
+        max_output_bytes: u64,
+        /// The largest frame the host accepts: the agent cuts a reply's logs, then its
+        /// error text, until the reply fits (see `container::frame_limit`).
+        max_frame_bytes: u64,
         /// For a runtime-level instance: the function's code, base64 of a .tar.gz
         /// repacked from the validated tree, unpacked by the agent into `workdir`.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,19 +106,28 @@ pub(crate) enum ProtocolError {
 impl std::fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ProtocolError::TooLarge { len, max } => {
-                write!(f, "a {len}-byte reply is over the limit of {max} bytes")
-            }
+            ProtocolError::TooLarge { len, max } => write!(
+                f,
+                "the agent announced a {len}-byte reply, over the limit of {max} bytes \
+                 for this function's output and logs"
+            ),
             ProtocolError::BadMessage(m) => write!(f, "unreadable reply from the agent: {m}"),
         }
     }
 }
 
 /// Reassembles frames from arbitrary chunks.
+///
+/// Every length prefix is checked as soon as its four bytes arrive: a frame that
+/// announces more than `max_frame` is refused then, before any more of its body is
+/// kept, and the reader stays broken (the stream is out of step for good).
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: BytesMut,
     max_frame: usize,
+    /// Offset in `buf` of the first length prefix not checked yet.
+    unchecked: usize,
+    broken: Option<(usize, usize)>,
 }
 
 impl FrameReader {
@@ -121,31 +135,71 @@ impl FrameReader {
         FrameReader {
             buf: BytesMut::new(),
             max_frame,
+            unchecked: 0,
+            broken: None,
         }
     }
 
-    /// Adds a chunk of stdout.
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
+    /// Changes the bound, for frames not checked yet (a runtime-level instance learns
+    /// its function's limits at `init`).
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// Bytes held, waiting to complete a frame.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn too_large(&self) -> Option<ProtocolError> {
+        self.broken
+            .map(|(len, max)| ProtocolError::TooLarge { len, max })
+    }
+
+    /// Adds a chunk of stdout, checking every length prefix it completes.
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+        if let Some(e) = self.too_large() {
+            return Err(e);
+        }
         self.buf.extend_from_slice(chunk);
+        while self.buf.len() >= self.unchecked + 4 {
+            let at = self.unchecked;
+            let len = u32::from_be_bytes([
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ]) as usize;
+            if len > self.max_frame {
+                // Nothing of it is kept: the caller removes the container.
+                self.buf = BytesMut::new();
+                self.broken = Some((len, self.max_frame));
+                return Err(ProtocolError::TooLarge {
+                    len,
+                    max: self.max_frame,
+                });
+            }
+            self.unchecked = at + 4 + len;
+        }
+        Ok(())
     }
 
     /// The next complete message, if one has arrived.
     pub(crate) fn next_message(&mut self) -> Result<Option<AgentMessage>, ProtocolError> {
+        if let Some(e) = self.too_large() {
+            return Err(e);
+        }
         if self.buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > self.max_frame {
-            return Err(ProtocolError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
-        }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
         self.buf.advance(4);
         let body = self.buf.split_to(len);
+        self.unchecked -= 4 + len;
         serde_json::from_slice(&body)
             .map(Some)
             .map_err(|e| ProtocolError::BadMessage(e.to_string()))
@@ -171,7 +225,7 @@ mod tests {
         let mut reader = FrameReader::new(1 << 20);
         let mut got = Vec::new();
         for chunk in bytes.chunks(3) {
-            reader.push(chunk);
+            reader.push(chunk).unwrap();
             while let Some(m) = reader.next_message().unwrap() {
                 got.push(m);
             }
@@ -194,17 +248,69 @@ mod tests {
     #[test]
     fn oversized_and_garbage_frames_are_refused() {
         let mut reader = FrameReader::new(8);
-        reader.push(&frame(r#"{"type":"pong"}"#));
+        assert_eq!(
+            reader.push(&frame(r#"{"type":"pong"}"#)),
+            Err(ProtocolError::TooLarge { len: 15, max: 8 })
+        );
         assert!(matches!(
             reader.next_message(),
             Err(ProtocolError::TooLarge { len: 15, max: 8 })
         ));
         let mut reader = FrameReader::new(1024);
-        reader.push(&frame("not json"));
+        reader.push(&frame("not json")).unwrap();
         assert!(matches!(
             reader.next_message(),
             Err(ProtocolError::BadMessage(_))
         ));
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_its_body_is_buffered() {
+        let mut reader = FrameReader::new(1024);
+        // A whole frame, then the prefix of one announcing 1 GiB, then 4 bytes of it.
+        let mut bytes = frame(r#"{"type":"pong"}"#);
+        bytes.extend_from_slice(&(1u32 << 30).to_be_bytes());
+        bytes.extend_from_slice(b"{\"ty");
+        let refused = reader.push(&bytes).unwrap_err();
+        assert_eq!(
+            refused,
+            ProtocolError::TooLarge {
+                len: 1 << 30,
+                max: 1024
+            }
+        );
+        assert!(
+            refused.to_string().contains("1073741824-byte reply"),
+            "{refused}"
+        );
+        // Nothing is kept, and the reader stays broken: no waiting for the body.
+        assert_eq!(reader.buffered(), 0);
+        assert_eq!(reader.push(&[b'x'; 4096]), Err(refused));
+        assert_eq!(reader.buffered(), 0);
+        assert!(reader.next_message().is_err());
+
+        // The prefix alone, split across chunks, is enough to refuse it.
+        let mut reader = FrameReader::new(1024);
+        let prefix = 1025u32.to_be_bytes();
+        reader.push(&prefix[..3]).unwrap();
+        assert_eq!(reader.next_message(), Ok(None));
+        assert!(reader.push(&prefix[3..]).is_err());
+
+        // At the limit exactly is fine, and frames after it are checked too.
+        let body = format!(r#"{{"type":"ready","logs":"{}"}}"#, "x".repeat(100));
+        let mut reader = FrameReader::new(body.len());
+        let mut bytes = frame(&body);
+        bytes.extend_from_slice(&frame(&format!("{body} ")));
+        assert!(reader.push(&bytes).is_err());
+        let mut reader = FrameReader::new(body.len());
+        reader.push(&frame(&body)).unwrap();
+        reader.push(&frame(r#"{"type":"pong"}"#)).unwrap();
+        assert!(matches!(
+            reader.next_message(),
+            Ok(Some(AgentMessage::Ready { .. }))
+        ));
+        assert_eq!(reader.next_message(), Ok(Some(AgentMessage::Pong)));
+        assert_eq!(reader.buffered(), 0);
     }
 
     #[test]

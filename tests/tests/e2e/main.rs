@@ -7,6 +7,8 @@ mod bench;
 mod cancel;
 mod cli;
 mod containers;
+mod hardening;
+mod hostile;
 mod limits;
 mod pools;
 mod pools_python;

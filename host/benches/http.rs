@@ -3,56 +3,18 @@
 //! call (throughput = its inverse); `newt bench` has the side-by-side comparison.
 
 use criterion::{Criterion, Throughput};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use newt_host::testing::TestServer;
 use std::time::{Duration, Instant};
 
 const ECHO_WAT: &str = include_str!("../../tests/fixtures/echo.wat");
 
-/// A `newt serve` on a temporary home, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    _home: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    let home = tempfile::tempdir().expect("temp home");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_newt"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--home"])
-        .arg(home.path())
+/// A `newt serve` on a temporary home, wasm only: no Docker engine to reach.
+fn start() -> TestServer {
+    TestServer::builder(env!("CARGO_BIN_EXE_newt"))
         .env("DOCKER_HOST", "unix:///nonexistent-for-the-http-bench.sock")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start newt serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut base = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("server output");
-        if let Some(rest) = line.strip_prefix("newt listening on ") {
-            base = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            break;
-        }
-    }
-    assert!(!base.is_empty(), "newt serve did not start");
-    Server {
-        child,
-        base,
-        _home: home,
-    }
+        .start()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn main() {
@@ -60,10 +22,10 @@ fn main() {
     let server = start();
     let client = reqwest::Client::new();
     let wasm = wat::parse_str(ECHO_WAT).expect("echo fixture");
-    let url = format!("{}/v1/functions/echo/invoke", server.base);
+    let url = server.url("/v1/functions/echo/invoke");
     rt.block_on(async {
         let deployed = client
-            .put(format!("{}/v1/functions/echo", server.base))
+            .put(server.url("/v1/functions/echo"))
             .body(wasm)
             .send()
             .await

@@ -14,9 +14,12 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod commands;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod testing;
 pub mod wire;
 
 pub use api::app;
@@ -44,9 +47,15 @@ pub async fn build_service(
     home: &Path,
     options: ServiceOptions,
 ) -> anyhow::Result<(service::SharedService, Arc<DockerExecutor>)> {
-    std::fs::create_dir_all(home)
-        .with_context(|| format!("creating newt's home {}", home.display()))?;
-    let store: store::SharedStore = Arc::new(store::SqliteStore::open(&home.join("newt.db"))?);
+    private_dir(home)?;
+    for dir in ["cas", "cache", "docker"] {
+        private_dir(&home.join(dir))?;
+    }
+    // The database holds every call's input and output: only newt's user reads it.
+    // SQLite gives its -wal and -shm files the database file's permissions.
+    let db = home.join("newt.db");
+    private_file(&db)?;
+    let store: store::SharedStore = Arc::new(store::SqliteStore::open(&db)?);
     let cas = Cas::open(home.join("cas")).context("opening the content store")?;
     let wasm = WasmExecutor::new(WasmConfig {
         cache_dir: home.join("cache"),
@@ -63,6 +72,41 @@ pub async fn build_service(
         .with_shared_executor(docker.clone());
     let service = service::Service::start(store, invoker, options.config).await?;
     Ok((service, docker))
+}
+
+/// Creates `dir` (and its parents) readable by newt's user only, and narrows an
+/// existing one: the compiled-module cache under it is native code this process
+/// (which holds the Docker socket) loads, so no other user may write there.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), "narrowing permissions to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting the permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates `file` empty with mode 0600 if it does not exist, and narrows it if it does.
+fn private_file(file: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the permissions of {}", file.display()))
 }
 
 /// Names this host among others sharing a Docker engine: a hash of its home.

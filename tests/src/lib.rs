@@ -5,14 +5,15 @@
 //! `make test` before the tests run; the WAT fixtures are compiled by this crate's
 //! `build.rs`.
 
-use std::io::{BufRead, BufReader};
+use newt_host::testing::TestServer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// How long a server gets to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a dropped server gets to stop after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The cargo target directory the tests were built in.
 pub fn target_dir() -> PathBuf {
@@ -58,14 +59,14 @@ pub fn guest(name: &str) -> Vec<u8> {
     })
 }
 
-/// A running `newt serve`, killed when dropped.
+/// A running `newt serve` ([`newt_host::testing::TestServer`] with the tests'
+/// settings: `RUST_LOG=info`, panics instead of errors), stopped when dropped.
 pub struct Server {
-    child: Option<Child>,
+    inner: TestServer,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The server's NEWT_HOME.
     pub home: PathBuf,
-    _tempdir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -76,127 +77,70 @@ impl Server {
 
     /// A server on a fresh temporary home with extra `serve` arguments.
     pub fn start_with_args(args: &[&str]) -> Server {
-        let tempdir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server::start_in(tempdir.path(), args);
-        server._tempdir = Some(tempdir);
-        server
+        Server::launch(None, args, &[])
     }
 
     /// A server on a fresh temporary home with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let tempdir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server::launch(tempdir.path(), args, env);
-        server._tempdir = Some(tempdir);
-        server
+        Server::launch(None, args, env)
     }
 
     /// A server on an existing home (to restart over the same state).
     pub fn start_in(home: &Path, args: &[&str]) -> Server {
-        Server::launch(home, args, &[])
+        Server::launch(Some(home), args, &[])
     }
 
-    fn launch(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.join("server.log"))
-            .expect("server log");
-        let mut child = Command::new(newt_bin())
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--home")
-            .arg(home)
+    fn launch(home: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut builder = TestServer::builder(newt_bin())
             .args(args)
-            .env_remove("NEWT_TOKEN")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start newt serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("newt listening on ") {
-                    let base = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(base);
-                }
-            }
-        });
-        let base = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "newt serve did not start; its log:\n{}",
-                    std::fs::read_to_string(home.join("server.log")).unwrap_or_default()
-                );
-            }
-        };
+            .start_timeout(START_TIMEOUT)
+            .stop_timeout(STOP_TIMEOUT);
+        if let Some(home) = home {
+            builder = builder.home(home);
+        }
+        let inner = builder.start().unwrap_or_else(|e| panic!("{e:#}"));
         Server {
-            child: Some(child),
-            base,
-            home: home.to_path_buf(),
-            _tempdir: None,
+            base: inner.base().to_string(),
+            home: inner.home().to_path_buf(),
+            inner,
         }
     }
 
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.inner.url(path)
     }
 
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("server.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// Kills the process with SIGKILL and waits for it: a crash, nothing flushed.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.kill9();
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server is running");
-        let pid = child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        child.wait().expect("wait for newt")
+        self.inner.terminate().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Takes the temporary home, so it outlives this server (for restarts).
     pub fn keep_home(&mut self) -> Option<tempfile::TempDir> {
-        self._tempdir.take()
+        self.inner.keep_home()
     }
 }
 
 impl Drop for Server {
     /// Stops the server the way a user would (SIGTERM: it removes its containers), or
     /// kills it if it does not stop; then removes any container it left (after a
-    /// `kill9`, say), so test runs leave nothing behind on the engine.
+    /// `kill9`, say), so test runs leave nothing behind on the engine. The temporary
+    /// home goes after, with `inner`.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.stop();
         remove_containers_of(&self.home);
     }
 }

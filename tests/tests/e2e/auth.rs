@@ -87,13 +87,26 @@ async fn invoke_tokens_invoke_and_read_only_their_own_calls() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-newt-call-id"].to_str().unwrap().to_string();
-    let (_, mine) = send(Method::GET, server.url(&format!("/v1/calls/{id}")), Some(APP), b"").await;
+    let id = response.headers()["x-newt-call-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (_, mine) = send(
+        Method::GET,
+        server.url(&format!("/v1/calls/{id}")),
+        Some(APP),
+        b"",
+    )
+    .await;
     assert_eq!(mine["output"]["who"], "app", "{mine}");
     let num = mine["num"].as_i64().unwrap();
 
     // Another invoke token cannot see it, by id, by number or in lists.
-    for path in [format!("/v1/calls/{id}"), format!("/v1/calls/{num}"), format!("/call/{num}")] {
+    for path in [
+        format!("/v1/calls/{id}"),
+        format!("/v1/calls/{num}"),
+        format!("/call/{num}"),
+    ] {
         let (status, _) = send(Method::GET, server.url(&path), Some(CI), b"").await;
         assert_eq!(status, 404, "{path}");
     }
@@ -104,7 +117,13 @@ async fn invoke_tokens_invoke_and_read_only_their_own_calls() {
     let (_, listed) = send(Method::GET, server.url("/v1/calls"), Some(APP), b"").await;
     assert_eq!(listed["calls"].as_array().unwrap().len(), 1, "{listed}");
     // The admin sees everything.
-    let (status, _) = send(Method::GET, server.url(&format!("/call/{num}")), Some(ADMIN), b"").await;
+    let (status, _) = send(
+        Method::GET,
+        server.url(&format!("/call/{num}")),
+        Some(ADMIN),
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
 
     // Everything else needs the admin token.
@@ -125,7 +144,13 @@ async fn invoke_tokens_invoke_and_read_only_their_own_calls() {
 fn invoke_tokens_need_an_admin_token() {
     let home = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(newt_tests::newt_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--invoke-token", "app=0123456789abcdef"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--invoke-token",
+            "app=0123456789abcdef",
+        ])
         .arg("--home")
         .arg(home.path())
         .env_remove("NEWT_TOKEN")

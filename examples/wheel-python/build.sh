@@ -6,7 +6,8 @@
 # The bundle holds main.py, requirements.txt and wheels/newt_greeting-0.1.0-py3-none-any.whl,
 # built here from pkg/ (no binary is committed). Because it has a wheels/ folder, newt
 # installs the requirements with the runtime's `dependencies_offline` command
-# (pip3 install --no-index --find-links wheels -r requirements.txt): no network needed.
+# (pip3 install --target .deps --no-index --no-build-isolation --find-links wheels -r
+# requirements.txt, as the function's user): no network needed.
 # Needs python3 >= 3.11 and GNU tar. The same source gives a byte-identical bundle.
 set -euo pipefail
 

@@ -14,8 +14,6 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod commands;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod metrics;
 pub mod service;
 pub mod store;
@@ -40,12 +38,68 @@ pub struct ServiceOptions {
     pub docker_host: Option<String>,
 }
 
+/// Limits of container image builds, as `newt serve` takes them (`--max-builds`,
+/// `--max-build-queue`, `--build-timeout`, `--build-memory-mb`, `--build-cpus`,
+/// `--build-network`). A build runs the runtime's `dependencies` command on tenant
+/// data, as the function's user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuildOptions {
+    /// Builds running at once.
+    pub max_builds: usize,
+    /// Builds waiting for a slot; a deploy beyond answers 429.
+    pub max_queued: usize,
+    /// How long one build may run; past it the version fails.
+    pub timeout: std::time::Duration,
+    /// Memory (= memory + swap) of a build, in MiB.
+    pub memory_mb: u64,
+    /// CPUs of a build.
+    pub cpus: f64,
+    /// Network of a build's `RUN` steps: `none`, `bridge` or a Docker network's name.
+    pub network: String,
+}
+
+impl BuildOptions {
+    /// Sets these limits on a docker executor, refusing out-of-range ones.
+    pub fn apply(&self, docker: DockerExecutor) -> anyhow::Result<DockerExecutor> {
+        docker
+            .with_build_limits(|limits| {
+                limits.max_builds = self.max_builds;
+                limits.max_queued = self.max_queued;
+                limits.timeout = self.timeout;
+                limits.memory_bytes = self.memory_mb.saturating_mul(1 << 20);
+                // Saturates for out-of-range values, which the check then refuses.
+                limits.milli_cpus = (self.cpus * 1000.0).round() as u32;
+                limits.network = self.network.clone();
+            })
+            .context("the image build limits")
+    }
+
+    /// Checks the limits without an engine (before anything else starts).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let scratch = DockerExecutor::new(DockerConfig {
+            address: None,
+            work_dir: std::path::PathBuf::new(),
+            host_id: String::new(),
+        });
+        self.apply(scratch).map(drop)
+    }
+}
+
 /// A service on `home` (database, content store, caches), with the wasm and docker
 /// executors. Returns the docker executor too, for start-up and shutdown chores
-/// (base image, leftover containers).
+/// (base image, leftover containers). Image builds get their default limits.
 pub async fn build_service(
     home: &Path,
     options: ServiceOptions,
+) -> anyhow::Result<(service::SharedService, Arc<DockerExecutor>)> {
+    build_service_with(home, options, None).await
+}
+
+/// [`build_service`] with the limits of image builds (`None`: their defaults).
+pub async fn build_service_with(
+    home: &Path,
+    options: ServiceOptions,
+    builds: Option<&BuildOptions>,
 ) -> anyhow::Result<(service::SharedService, Arc<DockerExecutor>)> {
     private_dir(home)?;
     for dir in ["cas", "cache", "docker"] {
@@ -62,11 +116,25 @@ pub async fn build_service(
         pooling: options.pooling,
     })
     .context("starting the wasm engine")?;
-    let docker = Arc::new(DockerExecutor::new(DockerConfig {
+    let mut docker = DockerExecutor::new(DockerConfig {
         address: options.docker_host,
         work_dir: home.join("docker"),
         host_id: host_id(home),
-    }));
+    });
+    if let Some(builds) = builds {
+        docker = builds.apply(docker)?;
+    }
+    let limits = docker.build_limits();
+    tracing::info!(
+        max_builds = limits.max_builds,
+        max_queued = limits.max_queued,
+        timeout_secs = limits.timeout.as_secs(),
+        memory_mb = limits.memory_bytes >> 20,
+        cpus = f64::from(limits.milli_cpus) / 1000.0,
+        network = %limits.network,
+        "image builds run as uid 10001 with these limits"
+    );
+    let docker = Arc::new(docker);
     let invoker = Invoker::new(cas)
         .with_executor(wasm)
         .with_shared_executor(docker.clone());

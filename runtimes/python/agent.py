@@ -38,6 +38,11 @@ that the agent unpacks into `workdir`, which must then be writable (a tmpfs). Th
 starts such an instance with `NEWT_RUNTIME_LEVEL=1`; the agent then imports what unpacking needs
 while it waits, so loading a function costs no module imports.
 
+A function's requirements are installed by its image build, as the function's user, into
+`workdir/.deps` (`pip3 install --target .deps`): when that folder exists, `init` puts it on
+`sys.path` right after `workdir` itself, ahead of the image's own packages and the standard
+library, and reads its `.pth` files as site-packages' are read.
+
 Standard library only: it runs on Debian bookworm's python3 (3.11) and on 3.12.
 """
 
@@ -64,6 +69,8 @@ FRAME_OVERHEAD = 64 * 1024
 MAX_ERROR_BYTES = 16 * 1024
 #: Exit status for a protocol violation by the host.
 EXIT_PROTOCOL_ERROR = 2
+#: Folder of `workdir` the image build installs the function's requirements into.
+DEPS_DIR = ".deps"
 
 
 class ProtocolError(Exception):
@@ -354,6 +361,22 @@ def unpack_bundle(data, workdir):
                 raise ValueError(f"bundle entry {entry.name!r} is not a regular file or folder")
 
 
+def add_dependencies(workdir):
+    """Puts `workdir/.deps` first on `sys.path` (the caller then puts `workdir` before
+    it), with what its `.pth` files add: the function's pinned versions win over the
+    image's packages, as `PYTHONPATH` would make them. Nothing when there is no such
+    folder (a function without requirements)."""
+    deps = os.path.join(workdir, DEPS_DIR)
+    if not os.path.isdir(deps):
+        return
+    import site  # imported at start-up already, unless python runs with -S
+
+    before = list(sys.path)
+    site.addsitedir(deps)  # appends the folder, then what its .pth files name
+    added = [entry for entry in sys.path if entry not in before]
+    sys.path[:] = added + [entry for entry in sys.path if entry not in added]
+
+
 def preload_unpacking():
     """Imports what `init` with a bundle needs, ahead of it: a runtime-level instance
     is idle until a function claims it, and that claim is a call somebody waits on."""
@@ -433,6 +456,7 @@ class Agent:
 
                 unpack_bundle(base64.b64decode(bundle, validate=True), workdir)
             os.chdir(workdir)
+            add_dependencies(workdir)
             sys.path.insert(0, workdir)
             handler = load_handler(spec)
             with_context = takes_context(handler)

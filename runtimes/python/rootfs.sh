@@ -94,7 +94,8 @@ if [[ -f etc/shadow ]] && ! grep -q "^newt:" etc/shadow; then
     echo "newt:*:19000:0:99999:7:::" >> etc/shadow
 fi
 
-# Function code is unpacked here by root at build time; the function only reads it.
+# Function code is copied here at build time (owned by the function's user, who also
+# installs its requirements into .deps); at run time the function only reads it.
 install -d -m 0755 -o root -g root app
 
 say "done in $((SECONDS - started)) s: $(du -sh --apparent-size . | cut -f1) in $target"

@@ -333,6 +333,45 @@ class AgentTest(unittest.TestCase):
                 self.assertEqual(reply["type"], "error")
                 self.assertIn("bundle entry", reply["error"])
 
+    def test_installed_requirements_in_deps_come_first_on_sys_path(self):
+        # The image build installs requirements with `pip3 install --target .deps`.
+        # `colorsys` shadows the standard library's module: the function's pinned
+        # versions win over what the image carries; a .pth file's folder is on the path
+        # too.
+        agent = self.start("""
+            import sys, colorsys, depmod, vendored_mod
+            def handler(event):
+                return {"path": sys.path[:3], "shadow": colorsys.MARK, "dep": depmod.VALUE,
+                        "pth": vendored_mod.VALUE}
+        """)
+        deps = os.path.join(agent.dir, ".deps")
+        os.makedirs(os.path.join(deps, "vendored"))
+        for name, text in {"depmod.py": "VALUE = 'from .deps'\n",
+                           "colorsys.py": "MARK = 'shadowed'\n",
+                           "extra.pth": "vendored\n",
+                           "vendored/vendored_mod.py": "VALUE = 'from a .pth'\n"}.items():
+            with open(os.path.join(deps, name), "w") as file:
+                file.write(text)
+        for root, folders, files in os.walk(deps):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        reply = agent.init()
+        self.assertEqual(reply["type"], "ready", reply)
+        output = json.loads(agent.run("")["output"])
+        workdir = agent.workdir
+        self.assertEqual(output["path"], [workdir, os.path.join(workdir, ".deps"),
+                                          os.path.join(workdir, ".deps", "vendored")])
+        self.assertEqual(output["shadow"], "shadowed")
+        self.assertEqual(output["dep"], "from .deps")
+        self.assertEqual(output["pth"], "from a .pth")
+
+    def test_without_deps_folder_the_path_is_unchanged(self):
+        agent = self.ready("import sys\ndef handler(event):\n    return sys.path[:2]\n")
+        path = json.loads(agent.run("")["output"])
+        self.assertEqual(path[0], agent.workdir)
+        self.assertNotIn(".deps", path[1])
+
     def test_runtime_level_instance_imports_unpacking_before_init(self):
         # What a runtime-level instance needs for `init` is loaded while it waits, not during the claim.
         main_py = ("import sys\n"

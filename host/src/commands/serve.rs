@@ -97,6 +97,28 @@ pub struct ServeArgs {
     /// (repeatable; `scheme://host[:port]`, or `*` for any).
     #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = guard::parse_origin)]
     pub allow_origin: Vec<String>,
+    /// Container image builds (a runtime's `dependencies` command on a tenant's
+    /// requirements) running at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_builds: usize,
+    /// Image builds waiting for a slot; a deploy beyond answers 429 with retry-after.
+    #[arg(long, default_value_t = 16)]
+    pub max_build_queue: usize,
+    /// How long one image build may run; past it, it is cancelled and its version
+    /// fails.
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
+    pub build_timeout: Duration,
+    /// Memory of an image build in MiB (also its memory + swap: no swap); 64 to 2047.
+    #[arg(long, default_value_t = 1024)]
+    pub build_memory_mb: u64,
+    /// CPUs of an image build (0.01 to 64).
+    #[arg(long, default_value_t = 1.0)]
+    pub build_cpus: f64,
+    /// Network of image builds: `none` (no network at all), or `bridge` (or a Docker
+    /// network of your own) to let builds reach a package index. `bridge` also lets
+    /// them reach this host's bridge address and the LAN.
+    #[arg(long, default_value = "none", value_name = "MODE")]
+    pub build_network: String,
 }
 
 /// A connection cap: 1 to a million.
@@ -156,6 +178,18 @@ fn parse_deploy(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
+/// The limits of image builds the flags give.
+fn build_options(args: &ServeArgs) -> crate::BuildOptions {
+    crate::BuildOptions {
+        max_builds: args.max_builds,
+        max_queued: args.max_build_queue,
+        timeout: args.build_timeout,
+        memory_mb: args.build_memory_mb,
+        cpus: args.build_cpus,
+        network: args.build_network.clone(),
+    }
+}
+
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Validate everything before touching the disk or binding a socket.
@@ -183,6 +217,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
              would be open to anyone while calls are not"
         );
     }
+    build_options(&args).check()?;
     let home = home_dir(args.home.clone())?;
 
     tracing_subscriber::fmt()
@@ -215,13 +250,15 @@ async fn serve(
         max_async_backlog: args.max_async_backlog,
         max_inflight_bytes: args.max_inflight_bytes,
     };
-    let (service, docker) = crate::build_service(
+    let builds = build_options(&args);
+    let (service, docker) = crate::build_service_with(
         &home,
         crate::ServiceOptions {
             config,
             pooling: !args.no_pooling,
             docker_host: std::env::var("DOCKER_HOST").ok(),
         },
+        Some(&builds),
     )
     .await?;
     remove_leftover_containers(&docker, "left by a previous run").await;
@@ -390,6 +427,66 @@ mod tests {
         assert!(parse_deploy("dice").is_err());
         assert!(parse_deploy("=x").is_err());
         assert!(parse_deploy("x=").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn build_flags_default_to_the_engines_build_limits() {
+        let scratch = || {
+            DockerExecutor::new(newt_runtime::DockerConfig {
+                address: None,
+                work_dir: PathBuf::new(),
+                host_id: String::new(),
+            })
+        };
+        let defaults = build_options(&parse(&[]));
+        let applied = defaults.apply(scratch()).unwrap();
+        assert_eq!(applied.build_limits(), scratch().build_limits());
+
+        let custom = build_options(&parse(&[
+            "--max-builds",
+            "3",
+            "--max-build-queue",
+            "0",
+            "--build-timeout",
+            "5s",
+            "--build-memory-mb",
+            "512",
+            "--build-cpus",
+            "0.5",
+            "--build-network",
+            "bridge",
+        ]));
+        let limits = custom.apply(scratch()).unwrap();
+        let limits = limits.build_limits();
+        assert_eq!(
+            (limits.max_builds, limits.max_queued, limits.timeout),
+            (3, 0, Duration::from_secs(5))
+        );
+        assert_eq!(limits.memory_bytes, 512 << 20);
+        assert_eq!(limits.milli_cpus, 500);
+        assert_eq!(limits.network, "bridge");
+
+        for bad in [
+            &["--build-network", "host"][..],
+            &["--build-memory-mb", "4096"],
+            &["--build-cpus", "0"],
+            &["--max-builds", "0"],
+        ] {
+            assert!(build_options(&parse(bad)).check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
 };
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use super::BuildLimits;
 use crate::error::{Error, Result};
 
 /// The recipe of the built-in Python runtime, compiled into the binary so a newt
@@ -193,48 +194,155 @@ async fn import_image(docker: &Docker, tag: &str, recipe: &str, tar: Vec<u8>) ->
     Ok(())
 }
 
+/// What a function image build is told besides its context.
+pub(crate) struct FunctionBuild<'a> {
+    /// The image's tag.
+    pub tag: &'a str,
+    /// Memory, CPU, network and time of the build.
+    pub limits: &'a BuildLimits,
+    /// When the build is cancelled.
+    pub deadline: std::time::Instant,
+}
+
+/// How much of a build's log is kept while it runs (its tail): a build prints what its
+/// tenant's setup.py wants, so it is not kept whole.
+const BUILD_LOG_KEPT: usize = 64 * 1024;
+/// How much of a failed build's log its error carries (into the version's status).
+const BUILD_LOG_REPORTED: usize = 8 * 1024;
+
 /// Builds a function's image from an in-memory tar context (a Dockerfile plus the
-/// unpacked bundle under `code/`). Returns the build log; on failure the error
-/// carries its tail.
+/// unpacked bundle under `code/`) with the classic builder, whose `RUN` containers get
+/// the limits' memory (= memory + swap), CPU quota, `/dev/shm` size and network (no
+/// bind mounts, so no Docker socket). Past the deadline the build's stream is dropped:
+/// the engine sees its client go, kills and removes the running step's container and
+/// stops the build. On failure the error carries the log's tail.
 pub(crate) async fn build_function_image(
     docker: &Docker,
-    tag: &str,
-    labels: &HashMap<String, String>,
+    build: &FunctionBuild<'_>,
     context: Vec<u8>,
-) -> Result<String> {
+) -> Result<()> {
+    let limits = build.limits;
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
-        .t(tag)
+        .t(build.tag)
         .rm(true)
         .forcerm(true)
-        .labels(labels)
+        .memory(limits.memory())
+        .memswap(limits.memory())
+        .cpuperiod(super::BUILD_CPU_PERIOD_US as i32)
+        .cpuquota(limits.cpu_quota())
+        .shmsize(limits.shm())
+        .networkmode(&limits.network)
+        .version(BuilderVersion::BuilderV1)
         .build();
-    let mut log = String::new();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(line) = info.stream {
-                    log.push_str(&line);
+    let mut log = LogTail::default();
+    let failed = |log: &LogTail| {
+        Error::InvalidBundle(format!(
+            "building the function's image failed:\n{}",
+            log.report()
+        ))
+    };
+    let streamed = tokio::time::timeout_at(build.deadline.into(), async {
+        let mut stream =
+            docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(line) = info.stream {
+                        log.push(&line);
+                    }
+                    if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                        log.push(&error);
+                        return Err(failed(&log));
+                    }
                 }
-                if let Some(error) = info.error_detail.and_then(|d| d.message) {
-                    log.push_str(&error);
-                    return Err(Error::InvalidBundle(format!(
-                        "building the function's image failed:\n{}",
-                        tail(&log, 40)
-                    )));
+                Err(e) => {
+                    log.push(&e.to_string());
+                    return Err(failed(&log));
                 }
-            }
-            Err(e) => {
-                log.push_str(&e.to_string());
-                return Err(Error::InvalidBundle(format!(
-                    "building the function's image failed:\n{}",
-                    tail(&log, 40)
-                )));
             }
         }
+        Ok(())
+    })
+    .await;
+    match streamed {
+        Ok(built) => built,
+        Err(_) => {
+            tracing::warn!(
+                image = build.tag,
+                secs = limits.timeout.as_secs(),
+                "image build cancelled at its deadline"
+            );
+            Err(Error::Deadline(format!(
+                "the build ran past its deadline of {} s and was cancelled; its log ended \
+                 with:\n{}",
+                limits.timeout.as_secs(),
+                log.report()
+            )))
+        }
     }
-    Ok(log)
+}
+
+/// The tail of a build log, at most about [`BUILD_LOG_KEPT`] bytes.
+#[derive(Default)]
+struct LogTail {
+    text: String,
+    cut: bool,
+}
+
+impl LogTail {
+    fn push(&mut self, chunk: &str) {
+        self.text.push_str(chunk);
+        if self.text.len() > 2 * BUILD_LOG_KEPT {
+            let mut from = self.text.len() - BUILD_LOG_KEPT;
+            while !self.text.is_char_boundary(from) {
+                from += 1;
+            }
+            self.text.drain(..from);
+            self.cut = true;
+        }
+    }
+
+    /// The last 40 lines, at most [`BUILD_LOG_REPORTED`] bytes of them, as plain text.
+    fn report(&self) -> String {
+        let plain = plain(&self.text);
+        let text = tail(plain.trim_end(), 40);
+        if text.len() <= BUILD_LOG_REPORTED && !self.cut {
+            return text;
+        }
+        let mut from = text.len().saturating_sub(BUILD_LOG_REPORTED);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        format!("[earlier lines cut]\n{}", &text[from..])
+    }
+}
+
+/// `text` without terminal escapes (the engine colours a step's stderr) or other
+/// control characters but newlines and tabs.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ parameters... final byte in @..~; other escapes: one char.
+                if chars.next_if_eq(&'[').is_some() {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The last `n` lines of `text`.
@@ -386,6 +494,27 @@ fn valid_path_component(component: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_logs_keep_a_plain_bounded_tail() {
+        let mut log = LogTail::default();
+        log.push("Step 1/5 : FROM newt/python:3\n");
+        log.push("\u{1b}[91mERROR: boom\r\n\u{1b}[0m");
+        assert_eq!(log.report(), "Step 1/5 : FROM newt/python:3\nERROR: boom");
+        // A build printing without end keeps only its tail, and reports less still.
+        let mut flood = LogTail::default();
+        for i in 0..100_000 {
+            flood.push(&format!("line {i} {}\n", "é".repeat(20)));
+        }
+        assert!(flood.text.len() <= 2 * BUILD_LOG_KEPT);
+        let report = flood.report();
+        assert!(report.len() <= BUILD_LOG_REPORTED + 64, "{}", report.len());
+        assert!(report.starts_with("[earlier lines cut]"));
+        assert!(report.ends_with(&format!("line 99999 {}", "é".repeat(20))));
+        let mut one_long_line = LogTail::default();
+        one_long_line.push(&"x".repeat(1 << 20));
+        assert!(one_long_line.report().len() <= BUILD_LOG_REPORTED + 64);
+    }
 
     #[test]
     fn image_references_follow_the_engine_grammar() {

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::bundle::{BundleLimits, unpack};
 use crate::error::{Error, Result};
@@ -57,11 +58,14 @@ pub struct ContainerRuntime {
     #[serde(default = "default_path")]
     pub path: String,
     /// Installs a function's requirements at build time, run in `path`, when the
-    /// bundle has a `requirements.txt` (e.g. `pip3 install -r requirements.txt`).
+    /// bundle has a `requirements.txt` (e.g. `pip3 install -r requirements.txt`). It
+    /// runs as the function's user (uid 10001), who owns `path` and its empty `.deps/`:
+    /// install there (`pip3 install --target .deps`).
     #[serde(default)]
     pub dependencies: Option<String>,
     /// Used instead of `dependencies` when the bundle carries a `wheels/` folder, so
-    /// requirements install without a network.
+    /// requirements install without a network (builds have none unless the operator
+    /// gives them one).
     #[serde(default)]
     pub dependencies_offline: Option<String>,
     /// Agent mode: the command that starts the agent. Command mode: the command run
@@ -146,6 +150,190 @@ pub struct DockerConfig {
     pub host_id: String,
 }
 
+/// Limits of image builds. A build runs the runtime's `dependencies` command on what
+/// a tenant uploaded (a `setup.py` runs at install), so it gets the function's user,
+/// no network, a memory and CPU cap and a deadline, and only so many run at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Builds running at once.
+    pub max_builds: usize,
+    /// Builds waiting for one of those slots; a deploy beyond is refused (429).
+    pub max_queued: usize,
+    /// How long one build may run once it has a slot; past it, it is cancelled and
+    /// the version fails.
+    pub timeout: Duration,
+    /// Memory of the build's containers, in bytes; also their memory + swap (no swap).
+    pub memory_bytes: u64,
+    /// CPU of the build's containers, in thousandths of a CPU.
+    pub milli_cpus: u32,
+    /// Size of the build containers' `/dev/shm`, in bytes.
+    pub shm_bytes: u64,
+    /// The network of the build's `RUN` steps: `none` (the default) or the name of a
+    /// Docker network such as `bridge`.
+    pub network: String,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            max_builds: 2,
+            max_queued: 16,
+            timeout: Duration::from_secs(600),
+            memory_bytes: 1 << 30,
+            milli_cpus: 1000,
+            shm_bytes: 64 << 20,
+            network: "none".into(),
+        }
+    }
+}
+
+/// The CPU period of build containers (100 ms, the engine's default); the quota is a
+/// share of it.
+const BUILD_CPU_PERIOD_US: u32 = 100_000;
+
+impl BuildLimits {
+    /// Checks the limits an operator gave.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidLimits(m));
+        if !(1..=64).contains(&self.max_builds) {
+            return bad(format!(
+                "builds at once must be 1 to 64, got {}",
+                self.max_builds
+            ));
+        }
+        if self.max_queued > 10_000 {
+            return bad(format!(
+                "builds waiting must be at most 10000, got {}",
+                self.max_queued
+            ));
+        }
+        if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(86_400) {
+            return bad(format!(
+                "the build timeout must be 1 s to 24 h, got {:?}",
+                self.timeout
+            ));
+        }
+        // The engine takes a 64-bit number; bollard's build options a 32-bit one.
+        if self.memory_bytes < 64 << 20 || self.memory_bytes > i32::MAX as u64 {
+            return bad(format!(
+                "build memory must be 64 MiB to 2047 MiB, got {} MiB",
+                self.memory_bytes >> 20
+            ));
+        }
+        if !(10..=64_000).contains(&self.milli_cpus) {
+            return bad(format!(
+                "build CPUs must be 0.01 to 64, got {}",
+                f64::from(self.milli_cpus) / 1000.0
+            ));
+        }
+        if self.shm_bytes < 1 << 20 || self.shm_bytes > self.memory_bytes {
+            return bad("the build's /dev/shm must be 1 MiB up to its memory".into());
+        }
+        let network = self.network.as_str();
+        if network == "host" || network.contains(':') {
+            return bad(format!(
+                "build network {network:?} is refused: `host` (or another container's \
+                 network) would let a build reach this host's loopback services; use \
+                 `none`, `bridge` or a network of your own"
+            ));
+        }
+        let name_ok = !network.is_empty()
+            && network.len() <= 128
+            && network.as_bytes()[0].is_ascii_alphanumeric()
+            && network
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !name_ok {
+            return bad(format!(
+                "build network {network:?} is not a Docker network name"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `memory_bytes` as the build options take it.
+    fn memory(&self) -> i32 {
+        i32::try_from(self.memory_bytes).unwrap_or(i32::MAX)
+    }
+
+    /// Microseconds of CPU per [`BUILD_CPU_PERIOD_US`].
+    fn cpu_quota(&self) -> i32 {
+        i32::try_from(u64::from(self.milli_cpus) * u64::from(BUILD_CPU_PERIOD_US) / 1000)
+            .unwrap_or(i32::MAX)
+    }
+
+    /// `shm_bytes` as the build options take it.
+    fn shm(&self) -> i32 {
+        i32::try_from(self.shm_bytes).unwrap_or(i32::MAX)
+    }
+}
+
+/// Image builds running and waiting: at most `max_builds` run at once (a fair
+/// semaphore, so builds start in the order they came), at most `max_queued` wait.
+struct BuildQueue {
+    slots: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    max_builds: usize,
+    max_queued: usize,
+}
+
+/// Counts one build as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl BuildQueue {
+    fn new(limits: &BuildLimits) -> Self {
+        BuildQueue {
+            slots: tokio::sync::Semaphore::new(limits.max_builds),
+            waiting: AtomicUsize::new(0),
+            max_builds: limits.max_builds,
+            max_queued: limits.max_queued,
+        }
+    }
+
+    /// Why a new build cannot be taken now, if it cannot.
+    fn refusal(&self) -> Option<String> {
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        (self.slots.available_permits() == 0 && waiting >= self.max_queued).then(|| {
+            format!(
+                "the image build queue is full ({} running, {waiting} waiting); deploy again \
+                 later",
+                self.max_builds
+            )
+        })
+    }
+
+    /// A build slot: at once if one is free, after the builds before it otherwise;
+    /// refused when `max_queued` builds are waiting already.
+    async fn enter(&self) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, String> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Ok(slot);
+        }
+        let max = self.max_queued;
+        if self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(self.refusal().unwrap_or_else(|| {
+                format!("the image build queue is full ({max} waiting); deploy again later")
+            }));
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| "the build queue is closed".to_string())
+    }
+}
+
 /// A function version ready to start containers from.
 pub struct ContainerPrepared {
     image: String,
@@ -167,6 +355,8 @@ pub struct DockerExecutor {
     runtimes: DashMap<String, ContainerRuntime>,
     work_dir: PathBuf,
     host_id: String,
+    build_limits: BuildLimits,
+    builds: BuildQueue,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -190,13 +380,30 @@ impl DockerExecutor {
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| engine::DEFAULT_HOST.to_string());
         let python = ContainerRuntime::builtin_python();
+        let build_limits = BuildLimits::default();
         DockerExecutor {
             client: engine::connect(&address),
             address,
             runtimes: DashMap::from_iter([(python.name.clone(), python)]),
             work_dir: config.work_dir,
             host_id: config.host_id,
+            builds: BuildQueue::new(&build_limits),
+            build_limits,
         }
+    }
+
+    /// Changes the limits of image builds from their defaults ([`BuildLimits`]) and
+    /// checks them. Before the executor is shared: the build queue starts afresh.
+    pub fn with_build_limits(mut self, change: impl FnOnce(&mut BuildLimits)) -> Result<Self> {
+        change(&mut self.build_limits);
+        self.build_limits.validate()?;
+        self.builds = BuildQueue::new(&self.build_limits);
+        Ok(self)
+    }
+
+    /// The limits of image builds.
+    pub fn build_limits(&self) -> &BuildLimits {
+        &self.build_limits
     }
 
     /// A registered runtime.
@@ -286,7 +493,45 @@ fn unpack_for(
             "the bundle has no main.py at its root: the handler is main.py's `handler`".into(),
         ));
     }
+    if install_command(runtime, &unpacked).is_some()
+        && let Ok(deps) = std::fs::symlink_metadata(dest.join(DEPS_DIR))
+        && !deps.is_dir()
+    {
+        return Err(Error::InvalidBundle(format!(
+            "the bundle's `{DEPS_DIR}` is not a folder: requirements are installed there"
+        )));
+    }
     Ok(unpacked)
+}
+
+/// The folder of the runtime's `path` that requirements are installed into: the build
+/// creates it empty, owned by the function's user.
+const DEPS_DIR: &str = ".deps";
+
+/// The command that installs a bundle's requirements, if it has a `requirements.txt`
+/// and the runtime has one: `dependencies_offline` (when set) if the bundle ships
+/// packages in `wheels/` (wheels or source distributions), `dependencies` otherwise.
+fn install_command<'a>(
+    runtime: &'a ContainerRuntime,
+    unpacked: &crate::bundle::Unpacked,
+) -> Option<&'a str> {
+    if !unpacked.has_requirements {
+        return None;
+    }
+    let ships_packages = unpacked.has_wheels
+        || unpacked
+            .files
+            .iter()
+            .any(|f| f.parent() == Some(Path::new("wheels")));
+    let command = if ships_packages {
+        runtime
+            .dependencies_offline
+            .as_ref()
+            .or(runtime.dependencies.as_ref())
+    } else {
+        runtime.dependencies.as_ref()
+    };
+    command.map(String::as_str)
 }
 
 /// The validated tree as base64 of a .tar.gz, what a runtime-level instance loads.
@@ -304,32 +549,59 @@ fn generic_bundle(code_dir: &Path) -> Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(gz))
 }
 
-/// The build context: a Dockerfile and the unpacked bundle under `code/`.
+/// The Dockerfile of a function image. Nothing in it runs as root: the code is copied
+/// owned by the function's user, who then runs `install` (the runtime's dependencies
+/// command) in `path`, able to write only there (and in the world-writable scratch
+/// folders). `PYTHONUSERBASE` points into `path` so a plain `pip3 install`, which
+/// falls back to a user install when it may not write site-packages, lands in the
+/// image where Python finds it at run time (the runtime's own `HOME` may be the
+/// tmpfs `/tmp` of a running container).
+///
+/// The steps every function of a runtime shares come before the code, so the engine's
+/// cache has them after the first build, and the labels are one step, not one each:
+/// the classic builder runs a container for every step, about a second apiece on a
+/// busy engine, which a build's deadline pays for.
+fn dockerfile(
+    runtime: &ContainerRuntime,
+    install: Option<&str>,
+    labels: &[(&str, &str)],
+) -> String {
+    let (image, path, uid) = (&runtime.image, &runtime.path, container::FUNCTION_UID);
+    let mut dockerfile = format!("FROM {image}\nUSER {uid}\nWORKDIR {path}\n");
+    if install.is_some() {
+        dockerfile.push_str(&format!("ENV PYTHONUSERBASE={path}/{DEPS_DIR}\n"));
+    }
+    dockerfile.push_str(&format!("COPY --chown={uid}:{uid} code/ {path}/\n"));
+    if let Some(install) = install {
+        dockerfile.push_str(&format!("RUN {install}\n"));
+    }
+    if !labels.is_empty() {
+        // Quoted as JSON strings, which the Dockerfile's LABEL reads alike.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let pairs: Vec<String> = labels
+            .iter()
+            .map(|(key, value)| format!("{}={}", quote(key), quote(value)))
+            .collect();
+        dockerfile.push_str(&format!("LABEL {}\n", pairs.join(" ")));
+    }
+    dockerfile
+}
+
+/// The build context: the Dockerfile and the unpacked bundle under `code/`, with an
+/// empty `.deps/` when requirements are installed.
 fn build_context(
     runtime: &ContainerRuntime,
     code_dir: &Path,
-    has_requirements: bool,
-    has_wheels: bool,
+    install: Option<&str>,
+    labels: &[(&str, &str)],
 ) -> Result<Vec<u8>> {
-    let install = if has_requirements {
-        let command = if has_wheels {
-            runtime
-                .dependencies_offline
-                .as_ref()
-                .or(runtime.dependencies.as_ref())
-        } else {
-            runtime.dependencies.as_ref()
-        };
-        command.map(|c| format!("RUN {c}\n")).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let dockerfile = format!(
-        "FROM {image}\nUSER root\nCOPY code/ {path}/\nWORKDIR {path}\n{install}USER {uid}\n",
-        image = runtime.image,
-        path = runtime.path,
-        uid = container::FUNCTION_UID,
-    );
+    if install.is_some() {
+        let deps = code_dir.join(DEPS_DIR);
+        if !deps.is_dir() {
+            std::fs::create_dir(&deps).map_err(|e| Error::io("creating", &deps, e))?;
+        }
+    }
+    let dockerfile = dockerfile(runtime, install, labels);
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     let mut header = tar::Header::new_gnu();
@@ -362,6 +634,13 @@ impl Executor for DockerExecutor {
         let runtime = self
             .runtime(runtime)
             .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
+        // Refused before anything is stored: the deploy answers 429 with retry-after.
+        if let Some(reason) = self.builds.refusal() {
+            return Err(Error::AtCapacity {
+                function: "(new deploy)".into(),
+                reason,
+            });
+        }
         self.docker().await?;
         let work_dir = self.work_dir.clone();
         let bundle = bundle.clone();
@@ -401,6 +680,24 @@ impl Executor for DockerExecutor {
             spec.name,
             &crate::cas::Digest::of(inputs.as_bytes()).as_str()[..16]
         );
+        // A build takes its slot before unpacking: builds in line hold no memory or
+        // disk. The same image may have been built while this one waited.
+        let mut slot = None;
+        if !image::image_exists(docker, &tag).await? {
+            let entered = self
+                .builds
+                .enter()
+                .await
+                .map_err(|reason| Error::AtCapacity {
+                    function: spec.name.clone(),
+                    reason,
+                })?;
+            if !image::image_exists(docker, &tag).await? {
+                slot = Some(entered);
+            }
+        }
+        let deadline = Instant::now() + self.build_limits.timeout;
+        let build = slot.is_some();
         let bytes = std::fs::read(bundle).map_err(|e| Error::io("reading", bundle, e))?;
         std::fs::create_dir_all(&self.work_dir)
             .map_err(|e| Error::io("creating", &self.work_dir, e))?;
@@ -409,6 +706,7 @@ impl Executor for DockerExecutor {
         let code = scratch.path().join("code");
         std::fs::create_dir(&code).map_err(|e| Error::io("creating", &code, e))?;
         let build_runtime = runtime.clone();
+        let (function, runtime_name) = (spec.name.clone(), spec.runtime.clone());
         let (context, generic) = tokio::task::spawn_blocking(move || {
             let unpacked = unpack_for(&build_runtime, &bytes, &code)?;
             // Code with requirements needs its own image; the rest can also be loaded
@@ -418,12 +716,17 @@ impl Executor for DockerExecutor {
             } else {
                 None
             };
-            let context = build_context(
-                &build_runtime,
-                &code,
-                unpacked.has_requirements,
-                unpacked.has_wheels,
-            )?;
+            let context = if build {
+                let install = install_command(&build_runtime, &unpacked);
+                let labels = [
+                    ("newt.managed", "true"),
+                    ("newt.function", function.as_str()),
+                    ("newt.runtime", runtime_name.as_str()),
+                ];
+                Some(build_context(&build_runtime, &code, install, &labels)?)
+            } else {
+                None
+            };
             Ok::<_, Error>((context, generic))
         })
         .await
@@ -434,16 +737,20 @@ impl Executor for DockerExecutor {
             handler: DEFAULT_HANDLER.into(),
             generic_bundle: generic,
         };
-        if image::image_exists(docker, &tag).await? {
+        let Some(context) = context else {
             return Ok(prepared);
-        }
-
-        let labels = HashMap::from([
-            ("newt.managed".to_string(), "true".to_string()),
-            ("newt.function".to_string(), spec.name.clone()),
-            ("newt.runtime".to_string(), spec.runtime.clone()),
-        ]);
-        image::build_function_image(docker, &tag, &labels, context).await?;
+        };
+        image::build_function_image(
+            docker,
+            &image::FunctionBuild {
+                tag: &tag,
+                limits: &self.build_limits,
+                deadline,
+            },
+            context,
+        )
+        .await?;
+        drop(slot);
         Ok(prepared)
     }
 
@@ -634,6 +941,242 @@ mod tests {
             refused.to_string().contains("Docker image reference"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn function_image_installs_as_the_function_user_never_root() {
+        let python = ContainerRuntime::builtin_python();
+        let install = python.dependencies_offline.as_deref();
+        let labels = [("newt.managed", "true"), ("newt.function", "dice")];
+        let dockerfile = dockerfile(&python, install, &labels);
+        let lines: Vec<&str> = dockerfile.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "FROM newt/python:3",
+                "USER 10001",
+                "WORKDIR /app",
+                "ENV PYTHONUSERBASE=/app/.deps",
+                "COPY --chown=10001:10001 code/ /app/",
+                &format!("RUN {}", install.unwrap()),
+                r#"LABEL "newt.managed"="true" "newt.function"="dice""#,
+            ]
+        );
+        // Every RUN comes after a USER, the last USER before it is the function's, and
+        // nothing switches back to root.
+        let mut user = None;
+        for line in &lines {
+            if let Some(u) = line.strip_prefix("USER ") {
+                user = Some(u);
+            }
+            if line.starts_with("RUN ") {
+                assert_eq!(user, Some("10001"), "{dockerfile}");
+            }
+        }
+        assert!(!dockerfile.contains("USER root") && !dockerfile.contains("USER 0"));
+        assert!(install.unwrap().contains("--target .deps"));
+        assert!(install.unwrap().contains("--no-build-isolation"));
+        assert!(
+            python
+                .dependencies
+                .as_deref()
+                .unwrap()
+                .contains("--target .deps")
+        );
+
+        // No requirements: no RUN at all, and the image's user is still the function's.
+        let bare = super::dockerfile(&python, None, &[]);
+        assert_eq!(
+            bare,
+            "FROM newt/python:3\nUSER 10001\nWORKDIR /app\nCOPY --chown=10001:10001 code/ /app/\n"
+        );
+    }
+
+    #[test]
+    fn build_context_holds_an_empty_deps_folder_and_the_dockerfile() {
+        let python = ContainerRuntime::builtin_python();
+        let code = tempfile::tempdir().unwrap();
+        std::fs::write(
+            code.path().join("main.py"),
+            "def handler(e):\n    return e\n",
+        )
+        .unwrap();
+        std::fs::write(code.path().join("requirements.txt"), "x\n").unwrap();
+        let context = build_context(&python, code.path(), Some("pip3 install x"), &[]).unwrap();
+        let mut archive = tar::Archive::new(context.as_slice());
+        let mut entries = HashMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut body).unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            entries.insert(path, (entry.header().entry_type(), body));
+        }
+        let deps = entries
+            .iter()
+            .find(|(path, _)| path.trim_end_matches('/') == "code/.deps")
+            .expect("code/.deps in the context");
+        assert!(deps.1.0.is_dir());
+        assert!(entries["Dockerfile"].1.contains("USER 10001\n"));
+        assert!(entries["Dockerfile"].1.ends_with("RUN pip3 install x\n"));
+        assert!(entries.contains_key("code/main.py"));
+    }
+
+    fn unpacked(files: &[&str]) -> crate::bundle::Unpacked {
+        crate::bundle::Unpacked {
+            files: files.iter().map(PathBuf::from).collect(),
+            total_bytes: 0,
+            has_requirements: files.contains(&"requirements.txt"),
+            has_wheels: files.iter().any(|f| f.ends_with(".whl")),
+        }
+    }
+
+    #[test]
+    fn packages_in_wheels_install_offline() {
+        let python = ContainerRuntime::builtin_python();
+        let online = python.dependencies.as_deref();
+        let offline = python.dependencies_offline.as_deref();
+        assert_eq!(install_command(&python, &unpacked(&["main.py"])), None);
+        assert_eq!(
+            install_command(&python, &unpacked(&["main.py", "requirements.txt"])),
+            online
+        );
+        for package in ["wheels/a-1-py3-none-any.whl", "wheels/evil-0.1.tar.gz"] {
+            assert_eq!(
+                install_command(&python, &unpacked(&["requirements.txt", package])),
+                offline,
+                "{package}"
+            );
+        }
+        // A runtime without an offline command uses its one command.
+        let seed = ContainerRuntime {
+            dependencies_offline: None,
+            ..python.clone()
+        };
+        assert_eq!(
+            install_command(&seed, &unpacked(&["requirements.txt", "wheels/a.tar.gz"])),
+            online
+        );
+    }
+
+    #[test]
+    fn a_deps_entry_that_is_not_a_folder_is_refused_when_requirements_install() {
+        let python = ContainerRuntime::builtin_python();
+        let main = b"def handler(e):\n    return e\n".as_slice();
+        let with_file = crate::pack(&[
+            ("main.py", main),
+            ("requirements.txt", b"x\n"),
+            (".deps", b"not a folder"),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_for(&python, &with_file, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("`.deps`"), "{err}");
+        // Without requirements nothing is installed there: a shipped file is the
+        // function's business.
+        let no_requirements = crate::pack(&[("main.py", main), (".deps", b"x")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack_for(&python, &no_requirements, dir.path()).unwrap();
+        // A shipped folder is installed into.
+        let with_folder = crate::pack(&[
+            ("main.py", main),
+            ("requirements.txt", b"x\n"),
+            (".deps/vendored.py", b"x = 1\n"),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack_for(&python, &with_folder, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn build_limits_default_and_refusals() {
+        let defaults = BuildLimits::default();
+        defaults.validate().unwrap();
+        assert_eq!(defaults.network, "none");
+        assert_eq!(defaults.memory(), 1 << 30);
+        assert_eq!(defaults.cpu_quota(), 100_000);
+        assert_eq!(defaults.timeout, Duration::from_secs(600));
+        let half = BuildLimits {
+            milli_cpus: 500,
+            network: "bridge".into(),
+            ..defaults.clone()
+        };
+        half.validate().unwrap();
+        assert_eq!(half.cpu_quota(), 50_000);
+        for broken in [
+            BuildLimits {
+                network: "host".into(),
+                ..defaults.clone()
+            },
+            BuildLimits {
+                network: "container:abc".into(),
+                ..defaults.clone()
+            },
+            BuildLimits {
+                network: "a b".into(),
+                ..defaults.clone()
+            },
+            BuildLimits {
+                network: String::new(),
+                ..defaults.clone()
+            },
+            BuildLimits {
+                memory_bytes: 4 << 30,
+                ..defaults.clone()
+            },
+            BuildLimits {
+                memory_bytes: 1 << 20,
+                ..defaults.clone()
+            },
+            BuildLimits {
+                max_builds: 0,
+                ..defaults.clone()
+            },
+            BuildLimits {
+                milli_cpus: 0,
+                ..defaults.clone()
+            },
+            BuildLimits {
+                timeout: Duration::from_millis(10),
+                ..defaults.clone()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_build_queue_runs_so_many_and_holds_so_many() {
+        let queue = Arc::new(BuildQueue::new(&BuildLimits {
+            max_builds: 1,
+            max_queued: 1,
+            ..BuildLimits::default()
+        }));
+        let running = queue.enter().await.unwrap();
+        assert!(queue.refusal().is_none(), "one may still wait");
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.enter().await.map(drop) })
+        };
+        while queue.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = queue.enter().await.map(drop).unwrap_err();
+        assert!(
+            refused.contains("queue is full (1 running, 1 waiting)"),
+            "{refused}"
+        );
+        assert!(queue.refusal().is_some());
+        drop(running);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(queue.waiting.load(Ordering::SeqCst), 0);
+        assert!(queue.refusal().is_none());
+        // A waiter that gives up (its deploy's task dropped) leaves the line.
+        let running = queue.enter().await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), queue.enter()).await;
+        assert!(gave_up.is_err());
+        assert_eq!(queue.waiting.load(Ordering::SeqCst), 0);
+        drop(running);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod bench;
+mod builds;
 mod cancel;
 mod cli;
 mod containers;

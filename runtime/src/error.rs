@@ -59,6 +59,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A host-wide queue is full (image builds): retry shortly.
+    #[error("{0}")]
+    Busy(String),
+
     /// A bundle the store should hold is missing.
     #[error("bundle {digest} is missing from the content store")]
     MissingBundle {

@@ -152,6 +152,10 @@ impl From<newt_runtime::Error> for ApiError {
                 ApiError::Unavailable(format!("{backend} unavailable: {reason}"))
             }
             E::Deadline(m) => ApiError::Timeout(m),
+            E::Busy(m) => ApiError::TooManyRequests {
+                message: m,
+                retry_after: 1,
+            },
             E::AtCapacity { .. } => ApiError::TooManyRequests {
                 message: e.to_string(),
                 retry_after: 1,
@@ -291,6 +295,7 @@ mod tests {
                 429,
             ),
             (E::Deadline("x".into()), 504),
+            (E::Busy("x".into()), 429),
             (E::MissingBundle { digest: "d".into() }, 500),
         ];
         for (error, status) in cases {

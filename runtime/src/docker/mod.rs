@@ -636,10 +636,7 @@ impl Executor for DockerExecutor {
             .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
         // Refused before anything is stored: the deploy answers 429 with retry-after.
         if let Some(reason) = self.builds.refusal() {
-            return Err(Error::AtCapacity {
-                function: "(new deploy)".into(),
-                reason,
-            });
+            return Err(Error::Busy(reason));
         }
         self.docker().await?;
         let work_dir = self.work_dir.clone();

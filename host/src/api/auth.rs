@@ -159,7 +159,10 @@ mod tests {
     #[test]
     fn invoke_tokens_are_callers_by_name_and_never_admins() {
         let both = config(Some("admin"), &[("app", "inv1"), ("ci", "inv2")]);
-        assert_eq!(caller_of(&both, &headers("Bearer admin")), Some(Caller::Admin));
+        assert_eq!(
+            caller_of(&both, &headers("Bearer admin")),
+            Some(Caller::Admin)
+        );
         assert_eq!(
             caller_of(&both, &headers("Bearer inv2")),
             Some(Caller::Invoker("ci".into()))

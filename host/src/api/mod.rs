@@ -118,12 +118,9 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
-            get(metrics)
-                .route_layer(admin_only())
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::require_token,
-                )),
+            get(metrics).route_layer(admin_only()).route_layer(
+                axum::middleware::from_fn_with_state(state.clone(), auth::require_token),
+            ),
         )
         .fallback(not_found)
         .with_state(state)

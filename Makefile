@@ -9,7 +9,7 @@ GUESTS := -p dice -p hello -p fs-probe
 WASM := $(TARGET_DIR)/wasm32-wasip1/release
 LISTEN ?= 127.0.0.1:7878
 
-.PHONY: setup run test lint bench bench-report guests
+.PHONY: setup run test lint bench bench-report guests fuzz
 
 # Ready the machine: the wasm32-wasip1 target, and warnings for what python needs.
 setup:
@@ -34,6 +34,13 @@ test: setup guests
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p newt-runtime --features fuzzing -- -D warnings
+
+# Every fuzz target for SECONDS each (libFuzzer + AddressSanitizer, stable Rust with
+# RUSTC_BOOTSTRAP=1); one target: scripts/fuzz.sh TARGET SECONDS.
+SECONDS ?= 30
+fuzz:
+	scripts/fuzz.sh all $(SECONDS)
 
 # Criterion: in-process wasm calls per start kind, and HTTP throughput.
 bench: guests

@@ -35,6 +35,8 @@ mod cas;
 mod docker;
 mod error;
 mod executor;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod invoker;
 mod limits;
 mod policy;

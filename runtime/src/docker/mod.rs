@@ -12,7 +12,7 @@
 mod container;
 mod engine;
 mod image;
-mod protocol;
+pub(crate) mod protocol;
 
 use async_trait::async_trait;
 use bollard::Docker;

@@ -147,7 +147,7 @@ impl FrameReader {
     }
 
     /// Bytes held, waiting to complete a frame.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
     }

@@ -324,8 +324,6 @@ pub async fn invoke(
             "unknown parameter `{other}`: the only one accepted is async"
         )));
     }
-    // 404/409 before reading a body that cannot be used.
-    service.serving(&name)?;
     let input = body(input, service.config.max_input_bytes, "input")?;
 
     if is_async {

@@ -113,6 +113,11 @@ impl Server {
         self.inner.url(path)
     }
 
+    /// The server process's id while it runs (for its RSS, file descriptors, signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.pid()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         self.inner.log()

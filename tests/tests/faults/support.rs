@@ -1,0 +1,104 @@
+//! What the fault scenarios share: the scale they run at, one-at-a-time execution,
+//! the server process's resource readings, and the report they print.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// How big a run is: `short` (the default: what `cargo test` and CI run) or `full`
+/// (`NEWT_FAULTS=full`: the figures of RELIABILITY.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    Short,
+    Full,
+}
+
+impl Scale {
+    /// The scale this run was asked for.
+    pub fn get() -> Scale {
+        match std::env::var("NEWT_FAULTS").as_deref() {
+            Ok("full") => Scale::Full,
+            _ => Scale::Short,
+        }
+    }
+
+    /// `short` in a short run, `full` in a full one.
+    pub fn pick<T>(self, short: T, full: T) -> T {
+        match self {
+            Scale::Short => short,
+            Scale::Full => full,
+        }
+    }
+
+    /// A duration in seconds, scaled.
+    pub fn secs(self, short: u64, full: u64) -> Duration {
+        Duration::from_secs(self.pick(short, full))
+    }
+}
+
+/// Holds the machine for one scenario: scenarios in this binary never overlap, since
+/// one may stop the Docker engine and another loads every core.
+pub async fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(())).lock().await
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`), if it is alive.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors of process `pid`, if it is alive.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The `q` quantile (0..=1) of `samples` (sorted here), in the samples' unit.
+pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// Milliseconds with three decimals, for the report.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// A scenario's figures: printed as a two-column table (run with `--nocapture` to see
+/// it), in the order they were added.
+pub struct Report {
+    title: String,
+    rows: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn new(title: &str) -> Report {
+        Report {
+            title: format!("{title} ({:?} run)", Scale::get()).to_lowercase(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds one figure.
+    pub fn row(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Report {
+        self.rows.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Prints the table.
+    pub fn print(&self) {
+        let mut out = format!("\n### {}\n\n| figure | value |\n|---|---|\n", self.title);
+        for (name, value) in &self.rows {
+            out.push_str(&format!("| {name} | {value} |\n"));
+        }
+        println!("{out}");
+    }
+}

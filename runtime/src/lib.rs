@@ -33,6 +33,7 @@
 mod bundle;
 mod cas;
 mod docker;
+mod egress;
 mod error;
 mod executor;
 #[cfg(feature = "fuzzing")]
@@ -50,6 +51,7 @@ pub use cas::{Cas, Digest};
 pub use docker::{
     ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor, RunMode,
 };
+pub use egress::{AllowList, Denied, EgressProxy, EgressStats};
 pub use error::{Error, Result};
 pub use executor::{
     BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, StartKind, Timings,

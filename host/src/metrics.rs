@@ -190,6 +190,18 @@ impl Metrics {
     }
 }
 
+/// Appends the store's figures: call records that could not be written (a full disk).
+pub fn render_store(out: &mut String, records_lost: u64) {
+    family(
+        out,
+        "newt_call_records_lost_total",
+        "counter",
+        "Call records not written because their commit failed (e.g. a full disk); the \
+         calls ran and answered.",
+    );
+    let _ = writeln!(out, "newt_call_records_lost_total {records_lost}");
+}
+
 /// Writes the `# HELP` and `# TYPE` lines that open a metric family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

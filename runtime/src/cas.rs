@@ -129,6 +129,20 @@ mod tests {
         );
     }
 
+    /// A write that fails (here its rename: the full-disk case fails the write before
+    /// it) leaves nothing: no temporary file, nothing under the name.
+    #[test]
+    fn a_failed_write_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let dest = dir.path().join("missing-dir").join("blob");
+        let err = write_atomically(&tmp, &dest, b"bytes").unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(!dest.exists());
+        assert!(std::fs::read_dir(&tmp).unwrap().next().is_none());
+    }
+
     #[test]
     fn digest_parse_refuses_paths() {
         assert!(Digest::parse("../../etc/passwd").is_none());

@@ -38,12 +38,47 @@ pub enum ApiError {
     Unavailable(String),
     /// 504: the function ran past its deadline.
     Timeout(String),
+    /// 507: the disk under NEWT_HOME is full, so what the request had to store (a
+    /// bundle, a version, an accepted call) was not stored and nothing changed.
+    InsufficientStorage(String),
     /// 500: a bug or an I/O failure in the host. The caller gets a generic message
     /// and a reference; the detail (paths, Docker's words) goes only to the log.
     Internal(anyhow::Error),
 }
 
+/// Whether `error`, or an error it wraps, says the disk is full: `ENOSPC` or a quota
+/// (writing a bundle, a compiled module, a build directory) or SQLite's `SQLITE_FULL`
+/// (a version, a runtime, a call record).
+pub fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let io_full = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        });
+        if io_full || crate::store::is_sqlite_full(e) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl ApiError {
+    /// 507 for `error`, which [`is_disk_full`]: `refused` says what the request did
+    /// not do ("the deploy was not stored..."). The detail (paths, SQLite's words) goes
+    /// to the log only, like an internal error's.
+    pub fn disk_full(refused: &str, error: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!("the disk under NEWT_HOME is full: {error:#}");
+        ApiError::InsufficientStorage(format!(
+            "the disk under NEWT_HOME is full: {refused}. Free space on the filesystem that \
+             holds NEWT_HOME (bundles in cas/, compiled modules in cache/, the database \
+             newt.db), then retry"
+        ))
+    }
+
     /// The status and stable code of each variant.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -63,6 +98,9 @@ impl ApiError {
             ApiError::FunctionFailed(_) => (StatusCode::BAD_GATEWAY, "function_failed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -80,7 +118,8 @@ impl ApiError {
             | ApiError::InvalidBundle(m)
             | ApiError::FunctionFailed(m)
             | ApiError::Unavailable(m)
-            | ApiError::Timeout(m) => m.clone(),
+            | ApiError::Timeout(m)
+            | ApiError::InsufficientStorage(m) => m.clone(),
             ApiError::TooManyRequests { message, .. } => message.clone(),
             ApiError::Unauthorized => {
                 "this server requires a token: send `Authorization: Bearer <token>` \
@@ -160,6 +199,9 @@ impl From<newt_runtime::Error> for ApiError {
                 message: e.to_string(),
                 retry_after: 1,
             },
+            E::Io { .. } if is_disk_full(&e) => {
+                ApiError::disk_full("what this request had to write was not stored", &e)
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -167,6 +209,9 @@ impl From<newt_runtime::Error> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        if is_disk_full(e.as_ref()) {
+            return ApiError::disk_full("what this request had to write was not stored", &e);
+        }
         ApiError::Internal(e)
     }
 }
@@ -220,6 +265,11 @@ mod tests {
             (ApiError::FunctionFailed("f".into()), 502, "function_failed"),
             (ApiError::Unavailable("u".into()), 503, "unavailable"),
             (ApiError::Timeout("t".into()), 504, "timeout"),
+            (
+                ApiError::InsufficientStorage("s".into()),
+                507,
+                "insufficient_storage",
+            ),
             (ApiError::Internal(anyhow::anyhow!("x")), 500, "internal"),
         ];
         for (error, status, code) in cases {
@@ -297,10 +347,74 @@ mod tests {
             (E::Deadline("x".into()), 504),
             (E::Busy("x".into()), 429),
             (E::MissingBundle { digest: "d".into() }, 500),
+            (
+                E::Io {
+                    action: "writing",
+                    path: "/home/alice/.newt/cas/tmp/.tmp1".into(),
+                    source: std::io::ErrorKind::StorageFull.into(),
+                },
+                507,
+            ),
+            (
+                E::Io {
+                    action: "writing",
+                    path: "x".into(),
+                    source: std::io::ErrorKind::QuotaExceeded.into(),
+                },
+                507,
+            ),
+            (
+                E::Io {
+                    action: "writing",
+                    path: "x".into(),
+                    source: std::io::ErrorKind::PermissionDenied.into(),
+                },
+                500,
+            ),
         ];
         for (error, status) in cases {
             let api: ApiError = error.into();
             assert_eq!(api.status_and_code().0.as_u16(), status, "{api:?}");
         }
+    }
+
+    /// A full disk, however deep in the chain and from whichever layer (the file
+    /// system, SQLite), answers 507 with what happened and what to do, and without
+    /// the detail (paths, SQLite's words).
+    #[tokio::test]
+    async fn a_full_disk_answers_507_with_what_to_do() {
+        let sqlite_full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let full: Vec<anyhow::Error> = vec![
+            anyhow::Error::new(sqlite_full).context("adding version 2 of `echo`"),
+            anyhow::Error::new(enospc)
+                .context("writing /home/alice/.newt/newt.db-wal")
+                .context("recording call 42"),
+        ];
+        for error in full {
+            assert!(is_disk_full(error.as_ref()), "{error:#}");
+            let (status, body, _) = parts(ApiError::from(error)).await;
+            assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+            assert_eq!(body["error"]["code"], "insufficient_storage");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("NEWT_HOME is full"), "{message}");
+            assert!(message.contains("Free space"), "{message}");
+            for detail in ["/home/alice", "database or disk", "version 2"] {
+                assert!(!message.contains(detail), "{message}");
+            }
+        }
+        let other = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        );
+        let error = anyhow::Error::new(other).context("adding a version");
+        assert!(!is_disk_full(error.as_ref()));
+        assert_eq!(
+            ApiError::from(error).status_and_code().0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -159,7 +159,8 @@ async fn healthz(
 async fn metrics(
     axum::extract::State(state): axum::extract::State<SharedService>,
 ) -> impl axum::response::IntoResponse {
-    let text = state.metrics.render(&state.invoker.pools());
+    let mut text = state.metrics.render(&state.invoker.pools());
+    crate::metrics::render_store(&mut text, state.store.records_lost());
     (
         [(
             axum::http::header::CONTENT_TYPE,

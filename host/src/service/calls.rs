@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{Service, ServiceResult, now_ms};
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, is_disk_full};
 use crate::store::{CallRecord, CallStatus, SharedStore, VersionStatus};
 
 /// A sync call that ran (or could not run).
@@ -169,7 +169,13 @@ impl Service {
         self.store
             .record_call_durable(record.clone())
             .await
-            .map_err(|e| ApiError::Unavailable(format!("the call was not accepted: {e:#}")))?;
+            .map_err(|e| match is_disk_full(e.as_ref()) {
+                true => ApiError::disk_full(
+                    "the call could not be recorded, so it was not accepted and did not run",
+                    &e,
+                ),
+                false => ApiError::Unavailable(format!("the call was not accepted: {e:#}")),
+            })?;
         self.spawn_async(record.clone(), slot);
         Ok(record)
     }

@@ -8,7 +8,11 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::{FunctionConfig, Service, ServiceResult};
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, is_disk_full};
+
+/// What a deploy that found the disk full did not do (the 507's message).
+const NOT_DEPLOYED: &str = "the new version could not be stored, so this deploy changed \
+    nothing and the function's previous version, if any, keeps serving";
 use crate::store::{FunctionVersion, VersionStatus};
 
 /// Checks a function name: `[a-z0-9][a-z0-9-]{0,62}`.
@@ -121,7 +125,11 @@ impl Service {
         let size = bundle.len() as i64;
         let digest = tokio::task::spawn_blocking(move || cas.put(&bundle))
             .await
-            .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))??;
+            .map_err(|e| anyhow::anyhow!("storing the bundle: {e}"))?
+            .map_err(|e| match is_disk_full(&e) {
+                true => ApiError::disk_full(NOT_DEPLOYED, &e),
+                false => e.into(),
+            })?;
         // Compile (wasm) before taking the deploy lock: a slow or hostile module must
         // not hold up other deploys, and one that cannot run never becomes a version.
         let overrides = |previous: Option<&FunctionVersion>| match &policy {
@@ -175,7 +183,11 @@ impl Service {
         let version = self
             .store
             .add_version(name, &runtime, digest.as_str(), size, &config, status)
-            .await?;
+            .await
+            .map_err(|e| match is_disk_full(e.as_ref()) {
+                true => ApiError::disk_full(NOT_DEPLOYED, &e),
+                false => e.into(),
+            })?;
         let spec = self.registry.set_newest(version.clone());
         drop(guard);
         tracing::info!(function = %name, version = version.version, %digest, runtime, "deployed");

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use sqlite::SqliteStore;
+pub(crate) use sqlite::is_sqlite_full;
 pub use types::{CallFilter, CallRecord, CallStatus, FunctionVersion, Recovery, VersionStatus};
 
 /// The store as the server holds it.
@@ -124,6 +125,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// synchronous calls left `pending`, become `failed` with error "host restarted";
     /// accepted async calls that never started are returned for re-running.
     async fn recover(&self) -> Result<Recovery>;
+
+    /// How many call records were queued but not written since the start (their batch
+    /// could not commit, say on a full disk): the calls ran and answered, their
+    /// records are missing or stale. `/metrics` shows it.
+    fn records_lost(&self) -> u64 {
+        0
+    }
 
     /// Writes everything queued and stops accepting call records; for graceful
     /// shutdown. Later `record_call`s are dropped with a warning, later durable writes,

@@ -67,8 +67,14 @@ impl ModuleCache {
             .serialize()
             .map_err(|e| Error::Internal(anyhow::anyhow!("serializing module: {e}")))?;
         if let Err(e) = write_atomically(&self.dir.join("tmp"), &artifact, &serialized) {
-            // A cache we cannot write only costs a recompile after a restart.
-            tracing::warn!("could not cache compiled module: {e}");
+            // The cache is an optimisation: a module that compiled runs, so a cache we
+            // cannot write (a full disk, say) only costs a compile after a restart; it
+            // must not fail the deploy or the call. The write leaves no partial file.
+            tracing::warn!(
+                %digest,
+                "could not cache the compiled module (it runs; the next start compiles it \
+                 again): {e}"
+            );
         }
         Ok((module, Source::Compiled))
     }
@@ -111,4 +117,40 @@ fn fingerprint(engine: &Engine) -> String {
     let mut hasher = ShaHasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hex::encode(&hasher.0.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache directory that cannot take the artifact (here its temporary directory
+    /// is a file; on a full disk the write fails) still gives the compiled module.
+    #[test]
+    fn an_unwritable_cache_still_compiles() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path().join("cache"), &engine).unwrap();
+        std::fs::remove_dir(dir.path().join("cache/tmp")).unwrap();
+        std::fs::write(dir.path().join("cache/tmp"), b"not a directory").unwrap();
+        let wasm = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        let bundle = dir.path().join("bundle.wasm");
+        std::fs::write(&bundle, &wasm).unwrap();
+        let digest = Digest::of(&wasm);
+
+        for _ in 0..2 {
+            let (module, source) = cache.load_or_compile(&engine, &digest, &bundle).unwrap();
+            assert_eq!(source, Source::Compiled);
+            assert!(module.get_export("_start").is_some());
+        }
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            entries,
+            vec![std::ffi::OsString::from("tmp")],
+            "no artifact"
+        );
+    }
 }

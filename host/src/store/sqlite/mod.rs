@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 use super::{CallFilter, CallRecord, FunctionVersion, Recovery, Store, VersionStatus};
+pub(crate) use writer::is_sqlite_full;
 use writer::Writer;
 
 /// Idle read connections kept open; more are opened on demand and closed after use.
@@ -240,6 +241,10 @@ impl Store for SqliteStore {
 
     async fn flush(&self) -> Result<()> {
         self.inner.writer.flush().await
+    }
+
+    fn records_lost(&self) -> u64 {
+        self.inner.writer.records_lost()
     }
 
     async fn get_call(&self, id: &str) -> Result<Option<CallRecord>> {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -39,9 +40,51 @@ const MAX_BATCH: usize = 512;
 /// How long a batch of write-behind records may wait for company before its commit.
 const LINGER: Duration = Duration::from_millis(2);
 
-/// Answer to a waiter on the writer thread: `Err` carries the failure as text, since
-/// one commit error may go to many waiters.
-type Ack = oneshot::Sender<Result<(), String>>;
+/// Answer to a waiter on the writer thread: one commit error may go to many waiters,
+/// so each gets a [`Failure`] rather than the error itself.
+type Ack = oneshot::Sender<Result<(), Failure>>;
+
+/// A failed write as a waiter receives it: the message, and SQLite's error code when
+/// SQLite said why, so a full disk (`SQLITE_FULL`) is still told apart from the rest
+/// once it reaches the HTTP layer (507 rather than 500 or 503).
+#[derive(Clone, Debug)]
+struct Failure {
+    code: Option<rusqlite::ffi::Error>,
+    message: String,
+}
+
+impl Failure {
+    fn of(err: &rusqlite::Error) -> Failure {
+        Failure {
+            code: match err {
+                rusqlite::Error::SqliteFailure(code, _) => Some(*code),
+                _ => None,
+            },
+            message: err.to_string(),
+        }
+    }
+
+    /// The failure as an error whose chain holds SQLite's error, if it had one.
+    fn into_error(self) -> anyhow::Error {
+        match self.code {
+            Some(code) => rusqlite::Error::SqliteFailure(code, Some(self.message)).into(),
+            None => anyhow!(self.message),
+        }
+    }
+}
+
+/// Whether `error` is SQLite saying the disk (or the filesystem's quota) is full:
+/// `SQLITE_FULL`, or `SQLITE_IOERR_SHMSIZE`, which is how a full disk shows when the
+/// WAL index (`newt.db-shm`) cannot grow.
+pub(crate) fn is_sqlite_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    match error.downcast_ref::<rusqlite::Error>() {
+        Some(rusqlite::Error::SqliteFailure(code, _)) => {
+            code.code == rusqlite::ErrorCode::DiskFull
+                || code.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+        }
+        _ => false,
+    }
+}
 
 enum WriterMsg {
     /// Upsert a record; answer `ack`, if any, once its batch committed.
@@ -61,6 +104,8 @@ enum WriterMsg {
 pub(super) struct Writer {
     queue: mpsc::Sender<WriterMsg>,
     room: Arc<Semaphore>,
+    /// Records whose write failed (see [`Writer::records_lost`]).
+    lost: Arc<AtomicU64>,
 }
 
 /// A record's share of the queue's byte budget, in [`BUDGET_UNIT`]s.
@@ -78,14 +123,24 @@ impl Writer {
     /// Starts the writer thread on `conn`.
     pub(super) fn start(conn: Connection) -> Result<Writer> {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let counted = lost.clone();
         std::thread::Builder::new()
             .name("newt-store-writer".into())
-            .spawn(move || run_writer(conn, receiver))
+            .spawn(move || run_writer(conn, receiver, &counted))
             .context("starting the store writer thread")?;
         Ok(Writer {
             queue,
             room: Arc::new(Semaphore::new(QUEUE_BYTES / BUDGET_UNIT)),
+            lost,
         })
+    }
+
+    /// How many queued records were not written since the start: their batch could
+    /// not commit (a full disk, an I/O error) or the record was refused on its own.
+    /// The calls themselves ran and answered; their records are missing or stale.
+    pub(super) fn records_lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Room in the queue for `record`, waiting while the queue is full (back-pressure
@@ -142,7 +197,7 @@ impl Writer {
         committed
             .await
             .map_err(|_| anyhow!("recording call {id}: the store writer stopped"))?
-            .map_err(|message| anyhow!("recording call {id}: {message}"))
+            .map_err(|failure| failure.into_error().context(format!("recording call {id}")))
     }
 
     /// Waits until every record queued before this call is committed.
@@ -155,7 +210,7 @@ impl Writer {
         committed
             .await
             .map_err(|_| anyhow!("flushing call records: the store writer stopped"))?
-            .map_err(|message| anyhow!("flushing call records: {message}"))
+            .map_err(|failure| failure.into_error().context("flushing call records"))
     }
 
     /// Writes everything queued, closes the queue and stops the thread.
@@ -168,7 +223,7 @@ impl Writer {
 }
 
 /// The writer thread: commits queued records in batches until the queue closes.
-fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
+fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>, lost: &AtomicU64) {
     let mut close_acks = Vec::new();
     while let Some(first) = queue.blocking_recv() {
         let mut records: Vec<(Box<CallRecord>, Option<Ack>, OwnedSemaphorePermit)> = Vec::new();
@@ -223,8 +278,14 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
         };
         match outcome {
             Ok(failures) => {
+                let refused = failures.iter().filter(|f| f.is_some()).count();
+                lost.fetch_add(refused as u64, Ordering::Relaxed);
                 for ((_, ack, _), failure) in records.into_iter().zip(failures) {
                     if let Some(ack) = ack {
+                        let failure = failure.map(|message| Failure {
+                            code: None,
+                            message,
+                        });
                         let _ = ack.send(failure.map_or(Ok(()), Err));
                     }
                 }
@@ -233,17 +294,28 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>) {
                 }
             }
             Err(err) => {
-                // The records are lost; say so loudly and tell whoever waits. Keep
-                // running: the next batch may well succeed (e.g. disk space freed).
+                // The records are lost (the transaction rolled back: nothing of the
+                // batch is visible); count them, say so loudly and tell whoever waits.
+                // Keep running: the next batch may well succeed (e.g. disk space
+                // freed). Holding failed batches for a retry instead would fill the
+                // queue and then block every call on a disk that may stay full.
+                let total =
+                    lost.fetch_add(records.len() as u64, Ordering::Relaxed) + records.len() as u64;
                 tracing::error!(
                     error = %err,
                     records = records.len(),
+                    lost_since_start = total,
+                    disk_full = is_sqlite_full(&err),
                     "committing a batch of call records failed; records lost"
                 );
-                let message = format!("committing call records failed: {err}");
+                let failure = Failure::of(&err);
+                let failure = Failure {
+                    message: format!("committing call records failed: {}", failure.message),
+                    ..failure
+                };
                 let acks = records.into_iter().filter_map(|(_, ack, _)| ack);
                 for ack in acks.chain(flushes) {
-                    let _ = ack.send(Err(message.clone()));
+                    let _ = ack.send(Err(failure.clone()));
                 }
             }
         }
@@ -286,6 +358,12 @@ fn write_batch(
                 continue;
             }
             if let Err(err) = calls::upsert(&mut upsert, record) {
+                // SQLite may have rolled the whole transaction back (a full disk, an
+                // I/O error): then nothing of the batch will commit, so the batch
+                // fails as a whole, with that error, rather than "committing" nothing.
+                if is_sqlite_full(&err) || tx.is_autocommit() {
+                    return Err(err);
+                }
                 tracing::error!(call = %record.id, num = record.num, error = %err,
                     "writing call record failed; record skipped");
                 failures[i] = Some(err.to_string());
@@ -303,7 +381,7 @@ fn write_batch(
 mod tests {
     use super::super::testing::{call, open_temp};
     use super::super::{SqliteStore, open_connection};
-    use super::write_batch;
+    use super::{Writer, write_batch};
     use crate::store::{CallFilter, CallStatus, Store};
     use newt_runtime::StartKind;
 
@@ -399,6 +477,56 @@ mod tests {
                 .all(|f| f.as_deref().is_some_and(|e| e.contains("UNIQUE")))
         );
         assert_eq!(store.get_call(&done.id).await.unwrap(), Some(done));
+    }
+
+    /// A database that cannot grow (SQLite's `max_page_count`, standing in for a full
+    /// disk: both are SQLITE_FULL): the durable writer's error still says "disk full"
+    /// to the HTTP layer (507), the lost records are counted, and nothing of the
+    /// failed batch is visible, while records that fit keep being written.
+    #[tokio::test]
+    async fn a_full_database_fails_the_batch_as_disk_full_and_counts_the_loss() {
+        let (_dir, path, store) = open_temp();
+        let conn = open_connection(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        let _: i64 = conn
+            .query_row(
+                &format!("PRAGMA max_page_count = {}", pages + 2),
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let writer = Writer::start(conn).unwrap();
+
+        let small = call(1, "hello", CallStatus::Pending, true);
+        writer.record_durable(small.clone()).await.unwrap();
+        let mut big = call(2, "hello", CallStatus::Pending, true);
+        big.input = vec![7; 64 * 1024];
+        let err = writer.record_durable(big.clone()).await.unwrap_err();
+        assert!(
+            crate::api::error::is_disk_full(err.as_ref()),
+            "not told apart as a full disk: {err:#}"
+        );
+        assert!(err.to_string().contains(&big.id), "{err:#}");
+        assert_eq!(writer.records_lost(), 1);
+
+        // A write-behind record in a failing batch is lost and counted too.
+        let mut behind = call(3, "hello", CallStatus::Done, false);
+        behind.output = Some(vec![1; 64 * 1024]);
+        writer.record(behind.clone()).await;
+        let flushed = writer.flush().await;
+        assert!(flushed.is_err() || writer.records_lost() == 2);
+        writer.flush().await.unwrap();
+        assert_eq!(writer.records_lost(), 2);
+
+        assert_eq!(store.get_call(&small.id).await.unwrap(), Some(small));
+        assert_eq!(store.get_call(&big.id).await.unwrap(), None);
+        assert_eq!(store.get_call(&behind.id).await.unwrap(), None);
+        let after = call(4, "hello", CallStatus::Done, false);
+        writer.record_durable(after.clone()).await.unwrap();
+        assert_eq!(store.get_call(&after.id).await.unwrap(), Some(after));
+        writer.close().await;
     }
 
     #[tokio::test]

@@ -20,6 +20,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 64 << 20;
 /// Largest call input accepted (6 MiB, the usual synchronous payload limit).
 pub const DEFAULT_MAX_INPUT_BYTES: usize = 6 << 20;
+/// Open files newt keeps for itself beside its client connections: the database and
+/// its journal, the Docker engine's connections and an attach stream per container,
+/// compiled modules, image builds. `--max-connections` is lowered to fit the rest.
+const RESERVED_FILES: u64 = 256;
 
 /// Arguments of `newt serve`.
 #[derive(Debug, clap::Args)]
@@ -190,8 +194,50 @@ fn build_options(args: &ServeArgs) -> crate::BuildOptions {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime
+/// does at start: every client connection is a descriptor, and the usual soft limit
+/// (1024) is below what a server with `--max-connections` connections needs, while
+/// the hard limit (often 524288) is not. Returns the soft limit now in force (`None`:
+/// unlimited, or unknown on this platform).
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current.is_some() && limit.current != limit.maximum {
+            let raised = Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => return limit.maximum,
+                // Some systems refuse an unlimited soft limit (macOS caps it at
+                // OPEN_MAX): keep the soft limit there is.
+                Err(e) => tracing::debug!("could not raise the open files limit: {e}"),
+            }
+        }
+        limit.current
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The connection cap that fits in `open_files` with [`RESERVED_FILES`] kept aside,
+/// so that a crowd of clients is refused by the cap (a clean 503) and never by the
+/// kernel (EMFILE, which would also fail the server's own files and stall accepts).
+fn connections_within(wanted: usize, open_files: Option<u64>) -> usize {
+    let Some(open_files) = open_files else {
+        return wanted;
+    };
+    let room = open_files
+        .saturating_sub(RESERVED_FILES)
+        .max(open_files / 2)
+        .max(1);
+    wanted.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
 /// Runs the server until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Validate everything before touching the disk or binding a socket.
     let token = args.token.clone().filter(|t| !t.is_empty());
     if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
@@ -226,6 +272,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let open_files = raise_open_files_limit();
+    let fitted = connections_within(args.max_connections, open_files);
+    if fitted < args.max_connections {
+        tracing::warn!(
+            open_files = open_files.unwrap_or_default(),
+            "--max-connections {} does not fit in this process's limit on open files: \
+             serving at most {fitted} connections (raise `ulimit -n` for more)",
+            args.max_connections
+        );
+        args.max_connections = fitted;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -487,6 +544,34 @@ mod tests {
         ] {
             assert!(build_options(&parse(bad)).check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn connections_fit_in_the_open_files_limit() {
+        // Room enough: the cap asked for stands.
+        assert_eq!(connections_within(4096, Some(524_288)), 4096);
+        assert_eq!(connections_within(4096, None), 4096);
+        // A 1024 soft limit that cannot be raised keeps 256 files for newt itself.
+        assert_eq!(connections_within(4096, Some(1024)), 768);
+        // A tiny limit still leaves half to connections, and never zero.
+        assert_eq!(connections_within(4096, Some(300)), 150);
+        assert_eq!(connections_within(4096, Some(1)), 1);
+        assert_eq!(connections_within(10, Some(1024)), 10);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let soft = raise_open_files_limit();
+        #[cfg(unix)]
+        {
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+            assert_eq!(soft, limit.current);
+            if limit.maximum.is_some() {
+                assert_eq!(limit.current, limit.maximum);
+            }
+        }
+        #[cfg(not(unix))]
+        assert_eq!(soft, None);
     }
 
     #[test]

@@ -526,7 +526,12 @@ impl<E: Executor> Pool<E> {
 
         let reusable = invoked.is_ok() && self.executor.reusable(instance);
         let reason = if !reusable {
-            if invoked.is_ok() { "spent" } else { "failed" }
+            match &invoked {
+                // Told apart, so an operator sees how many instances deadlines killed.
+                Ok(outcome) if matches!(outcome.result, CallResult::Timeout(_)) => "timeout",
+                Ok(_) => "spent",
+                Err(_) => "failed",
+            }
         } else if policy.preload == Preload::None {
             "policy_none"
         } else if self.drained.load(Ordering::Acquire) {

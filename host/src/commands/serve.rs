@@ -317,7 +317,15 @@ async fn serve(
         },
         Some(&builds),
     )
-    .await?;
+    .await
+    .map_err(|e| match crate::api::error::is_disk_full(e.as_ref()) {
+        // SQLite's own words for it can be "disk I/O error".
+        true => e.context(format!(
+            "the disk under NEWT_HOME ({}) is full: free space there and start newt again",
+            home.display()
+        )),
+        false => e,
+    })?;
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
     let app = crate::api::app_with(

@@ -323,6 +323,14 @@ async fn slow_calls_end_at_their_deadline_and_fast_calls_go_on() {
             "the slow function's pool is not at rest: {sleepy_pool}"
         ));
     }
+    // Each timed-out instance was destroyed as such: none went back to the pool.
+    if sleepy_pool["destroyed"]["timeout"] != wasm.len() as u64 {
+        failures.push(format!(
+            "{} slow wasm calls timed out but the pool destroyed {}",
+            wasm.len(),
+            sleepy_pool["destroyed"]
+        ));
+    }
 
     let mut report = Report::new("Slow and dying functions at scale");
     report
@@ -467,6 +475,14 @@ async fn python_round(
     let cleaned_in = started.elapsed();
     let py_pool = pool(server, "pysleepy").await;
     let left = containers_of(server).len();
+    // At least every warm container ran a call to its deadline and was destroyed for
+    // it (a cold one's start may itself run out the deadline).
+    if py_pool["destroyed"]["timeout"].as_u64().unwrap_or(0) < min_warm {
+        failures.push(format!(
+            "{min_warm} warm containers ran timed-out calls, the pool destroyed {}",
+            py_pool["destroyed"]
+        ));
+    }
     if !cleaned {
         failures.push(format!(
             "{left} Python containers left 60 s after the deadline (min_warm {min_warm}): {py_pool}"

@@ -151,6 +151,15 @@ pub struct CallView {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Which attempt the call is on: more than 1 for an async call a host restart
+    /// interrupted while it ran, and that was started again.
+    #[serde(default = "first_attempt")]
+    pub attempts: u32,
+}
+
+/// The attempt of a call read from a server that does not say.
+fn first_attempt() -> u32 {
+    1
 }
 
 fn micros_to_ms(us: Option<i64>) -> Option<f64> {
@@ -180,6 +189,7 @@ impl From<&CallRecord> for CallView {
             created_at: call.created_at,
             started_at: call.started_at,
             finished_at: call.finished_at,
+            attempts: call.attempts,
         }
     }
 }

@@ -32,6 +32,12 @@ pub async fn run(args: CallArgs) -> anyhow::Result<()> {
         cell(&call.version)
     );
     println!("status    {}", cell(&call.status));
+    if call.attempts > 1 {
+        println!(
+            "attempts  {} (a host restart interrupted the earlier ones)",
+            call.attempts
+        );
+    }
     println!("start     {}", cell(&call.start));
     println!(
         "timings   queue {} ms, init {} ms, exec {} ms",

@@ -364,24 +364,36 @@ async fn serve(
         println!("try: curl -X POST{auth} http://{addr}/v1/functions/{name}/invoke -d '{input}'");
     }
 
-    // Stop accepting at the signal; give calls in flight up to the grace period.
+    // At the signal: stop accepting connections and stop starting queued async calls
+    // (they stay `pending` and run after the restart); give the requests and the
+    // async calls already running up to the grace period, together.
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let limits = ConnectionLimits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
     };
+    let signalled = service.clone();
     let server = listen::serve(listener, app, limits, async move {
         shutdown_signal().await;
+        signalled.begin_shutdown();
         let _ = stopping_tx.send(true);
     });
+    let finished = async {
+        server.await;
+        service.async_calls_finished().await;
+    };
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
     tokio::select! {
-        () = server => {},
+        () = finished => {},
         () = async {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(grace).await;
-        } => tracing::warn!(secs = grace.as_secs(), "calls still running after the grace period: stopping anyway"),
+        } => tracing::warn!(
+            secs = grace.as_secs(),
+            "calls still running after the grace period: stopping anyway (async calls among \
+             them stay `running` and run again at the next start)"
+        ),
     }
     tracing::info!("shutting down: flushing call records, removing containers");
     service.shut_down().await;

@@ -2,6 +2,13 @@
 //! absolute deadline, and its outcome is recorded. Sync calls run on the caller's
 //! future (a caller that goes away cancels the call: its record says `cancelled`);
 //! async calls are durable before their 202 and run in the background.
+//!
+//! Async calls are at-least-once across crashes: each start is durable before the
+//! function runs, so a restart finds the calls a dead process left `running` and
+//! starts them again, counting the attempt in the record (see
+//! [`Store::recover`](crate::store::Store::recover)). At shutdown, queued async calls
+//! are not started (they stay `pending` and run after the restart) and running ones
+//! get the grace period to finish.
 
 use bytes::Bytes;
 use newt_runtime::{CallOutcome, CallRequest, FunctionSpec};
@@ -26,7 +33,7 @@ pub struct Invoked {
     pub outcome: Result<CallOutcome, newt_runtime::Error>,
 }
 
-/// A call record in flight: if the call's future is dropped before the outcome is
+/// A call record in flight: if a sync call's future is dropped before the outcome is
 /// recorded (the client went away), the record becomes `cancelled`.
 struct InFlight {
     store: SharedStore,
@@ -41,6 +48,15 @@ impl Drop for InFlight {
         let Some(mut record) = self.record.take() else {
             return;
         };
+        if record.is_async {
+            // Nobody waits on an async call's future: it is dropped only when the
+            // process stops with the call still running (the shutdown grace ended).
+            // Its durable `running` record stays, so the next start runs it again
+            // and counts the attempt; `cancelled` would lose it.
+            tracing::warn!(call = %record.id, function = %record.function,
+                "async call stopped by the shutdown; the next start runs it again");
+            return;
+        }
         record.status = CallStatus::Cancelled;
         record.error = Some("the caller went away before the call finished".into());
         record.finished_at = Some(now_ms());
@@ -118,6 +134,7 @@ impl Service {
             started_at: None,
             finished_at: None,
             caller,
+            attempts: 1,
         }
     }
 
@@ -188,15 +205,27 @@ impl Service {
     }
 
     /// Runs an accepted async call in the background, at most `async_concurrency` at
-    /// once, with the function's newest ready version.
+    /// once, with the function's newest ready version. Once the server is shutting
+    /// down, a call still waiting for its turn is not started: it stays `pending` in
+    /// the store and runs after the restart.
     fn spawn_async(self: &Arc<Self>, mut record: CallRecord, slot: BacklogSlot) {
         // The input is in the store (durable before the 202): a call waiting for its
         // turn holds only its record, so a backlog of large inputs costs no memory.
         record.input = Vec::new();
         let service = self.clone();
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
-            let _permit = service.async_slots.clone().acquire_owned().await;
+            let permit = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stopping| *stopping) => None,
+                permit = service.async_slots.clone().acquire_owned() => permit.ok(),
+            };
+            // A permit granted as the shutdown began is given back unused.
+            let Some(_permit) = permit.filter(|_| !service.is_stopping()) else {
+                tracing::debug!(call = %record.id, "shutting down: the async call stays pending");
+                return;
+            };
             let record = match service.store.get_call(&record.id).await {
                 Ok(Some(full)) => full,
                 Ok(None) => {
@@ -230,8 +259,12 @@ impl Service {
 
     /// Runs a call under one deadline (now + the function's timeout, covering queue,
     /// start and run) and records it: `running` when it starts, its outcome when it
-    /// ends, `cancelled` if its future is dropped in between. Both writes are
-    /// write-behind; the caller never waits on the disk.
+    /// ends, `cancelled` if a sync call's future is dropped in between. A sync call's
+    /// writes are write-behind: its caller never waits on the disk. An async call's
+    /// start is durable before it runs, so that after a crash the store knows this
+    /// attempt began: the restart then runs it again as its next attempt instead of
+    /// running it a second time unrecorded. If that write fails, the call fails
+    /// without running.
     async fn run_call(
         self: &Arc<Self>,
         mut record: CallRecord,
@@ -254,7 +287,27 @@ impl Service {
             started,
             service: self.clone(),
         };
-        self.store.record_call(record).await;
+        if record.is_async {
+            if let Err(e) = self.store.record_call_durable(record).await {
+                let mut record = in_flight.record.take().expect("recorded once");
+                let error = format!("the call could not start: recording its start failed: {e:#}");
+                tracing::error!(call = %record.id, function = %record.function, "{error}");
+                self.metrics
+                    .record_call(&spec.name, "error", None, started.elapsed());
+                record.status = CallStatus::Failed;
+                record.error = Some(error.clone());
+                record.finished_at = Some(now_ms());
+                // Write-behind: if the store takes it, the call ends `failed`; if not,
+                // it stays `pending` and the next start runs it.
+                self.store.record_call(record).await;
+                return Err(newt_runtime::Error::Unavailable {
+                    backend: "store",
+                    reason: error,
+                });
+            }
+        } else {
+            self.store.record_call(record).await;
+        }
 
         let outcome = match self
             .reserve_payloads(spec, request.input.len(), deadline)

@@ -233,6 +233,13 @@ impl Service {
         let spec = self.registry.resolve(&version);
         let started = std::time::Instant::now();
         let built = self.invoker.preload(&spec).await;
+        if built.is_err() && self.is_stopping() {
+            // Likely cut off by the shutdown (its container removed): the version
+            // stays `pending`, and the next start builds it again.
+            tracing::info!(function = %version.name, version = version.version,
+                "build stopped by the shutdown; the next start builds it again");
+            return version;
+        }
         let (status, message) = match &built {
             Ok(()) => (VersionStatus::Ready, None),
             Err(e) => (VersionStatus::Failed, Some(e.to_string())),

@@ -125,6 +125,9 @@ pub struct Service {
     async_backlog: Arc<AtomicUsize>,
     /// The host's budget for call payloads in flight, in [`INFLIGHT_UNIT`]s.
     inflight: Arc<Semaphore>,
+    /// `true` once the server is shutting down: queued async calls are no longer
+    /// started, and builds cut off by the shutdown are not recorded as failed.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Service {
@@ -202,6 +205,7 @@ impl Service {
             )),
             config,
             deploy_lock: tokio::sync::Mutex::new(()),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         service.recover().await?;
         Ok(service)
@@ -254,14 +258,28 @@ impl Service {
         }
     }
 
-    /// At start: fails calls a dead process left running, runs the accepted async
-    /// calls that never started, fills warm pools and restarts unfinished builds.
+    /// At start: fails the sync calls a dead process left running, runs the accepted
+    /// async calls it left unfinished (again, as their next attempt, for those it
+    /// left running), fills warm pools and restarts unfinished builds.
     async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
         let recovery = self.store.recover().await?;
         if recovery.interrupted > 0 {
             tracing::warn!(
                 calls = recovery.interrupted,
-                "calls interrupted by the previous process marked failed"
+                "sync calls interrupted by the previous process marked failed"
+            );
+        }
+        if recovery.retried > 0 {
+            tracing::warn!(
+                calls = recovery.retried,
+                "async calls interrupted by the previous process run again"
+            );
+        }
+        if recovery.exhausted > 0 {
+            tracing::warn!(
+                calls = recovery.exhausted,
+                attempts = crate::store::MAX_ASYNC_ATTEMPTS,
+                "async calls interrupted on their last attempt marked failed"
             );
         }
         let pending = recovery.pending.len();
@@ -285,9 +303,37 @@ impl Service {
         Ok(())
     }
 
-    /// Drains every pool (shutdown) and flushes the records.
+    /// The first step of a shutdown: async calls waiting for their turn are not
+    /// started any more (they stay `pending` in the store and run after the
+    /// restart); calls already running go on.
+    pub fn begin_shutdown(&self) {
+        if !self.stopping.send_replace(true) {
+            tracing::info!("shutting down: queued async calls stay pending for the next start");
+        }
+    }
+
+    /// Whether [`Service::begin_shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once no async call is running; meant for after
+    /// [`Service::begin_shutdown`], when no new one starts.
+    pub async fn async_calls_finished(&self) {
+        // Every running async call holds one of the slots: all of them free means
+        // none runs.
+        let slots = self.config.async_concurrency.clamp(1, u32::MAX as usize) as u32;
+        let _all = self.async_slots.acquire_many(slots).await;
+    }
+
+    /// The last step of a shutdown, once calls finished or the grace period ended:
+    /// writes every queued record and closes the store, then drains every pool. In
+    /// that order, so an async call still running stays `running` in the store (its
+    /// late outcome, even one caused by its instance being destroyed, is not
+    /// recorded) and the next start runs it again as its next attempt.
     pub async fn shut_down(&self) {
-        self.invoker.drain_all().await;
+        self.begin_shutdown();
         self.store.close().await;
+        self.invoker.drain_all().await;
     }
 }

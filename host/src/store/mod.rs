@@ -17,9 +17,10 @@
 //! Who writes what: the API's deploy, patch and delete handlers write function
 //! versions (one at a time, under the server's deploy lock), and a container build
 //! writes its version's status when it ends; the runtime handlers write runtimes; the call paths write call records, write-behind
-//! and so never waiting on the disk, except when accepting an async call, which must
-//! be durable before its 202. At start, [`Store::recover`] repairs the calls a dead
-//! process left unfinished. Reading happens mostly at start (functions and runtimes
+//! and so never waiting on the disk, except for an async call's acceptance, which must
+//! be durable before its 202, and its start, durable before it runs (so a restart
+//! knows it ran and counts the attempt). At start, [`Store::recover`] repairs the
+//! calls a dead process left unfinished. Reading happens mostly at start (functions and runtimes
 //! are then served from memory), for a function's version history, and for the
 //! call-record endpoints.
 
@@ -32,7 +33,10 @@ use anyhow::Result;
 
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::is_sqlite_full;
-pub use types::{CallFilter, CallRecord, CallStatus, FunctionVersion, Recovery, VersionStatus};
+pub use types::{
+    CallFilter, CallRecord, CallStatus, FunctionVersion, MAX_ASYNC_ATTEMPTS, Recovery,
+    VersionStatus,
+};
 
 /// The store as the server holds it.
 pub type SharedStore = Arc<dyn Store>;
@@ -121,9 +125,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_calls(&self, filter: CallFilter) -> Result<Vec<CallRecord>>;
 
     /// Repairs what a previous process left behind; call once at startup, before
-    /// serving (it does not see records still queued). Calls left `running`, and
-    /// synchronous calls left `pending`, become `failed` with error "host restarted";
-    /// accepted async calls that never started are returned for re-running.
+    /// serving (it does not see records still queued). Synchronous calls left
+    /// `running` or `pending` become `failed` with error "host restarted" (their
+    /// client already got an error). Async calls left `running` go back to `pending`
+    /// with one more attempt, up to [`MAX_ASYNC_ATTEMPTS`]; on their last attempt they
+    /// become `failed` with an error naming the attempts. Every `pending` async call
+    /// is returned, to be run.
     async fn recover(&self) -> Result<Recovery>;
 
     /// How many call records were queued but not written since the start (their batch

@@ -172,6 +172,10 @@ pub struct CallRecord {
     /// The name of the invoke token the call came with; `None` for the admin token or
     /// a server without tokens.
     pub caller: Option<String>,
+    /// Which attempt this is: 1 for every call, more for an async call that a host
+    /// restart interrupted while it was running and that ran again (async calls are
+    /// at-least-once across crashes; this says how many times one was started).
+    pub attempts: u32,
 }
 
 /// One deployed version of a function.
@@ -218,14 +222,26 @@ pub struct CallFilter {
 /// How much of a call's error a summary (a listed call) carries.
 pub const SUMMARY_ERROR_CHARS: usize = 1000;
 
+/// How many times an async call may be started before a host restart during it
+/// fails it for good: a call that keeps the host from staying up (or that was simply
+/// unlucky three times) stops being retried.
+pub const MAX_ASYNC_ATTEMPTS: u32 = 3;
+
 /// What [`Store::recover`](super::Store::recover) found and fixed after a restart.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recovery {
-    /// Calls the previous process left unfinished that nobody can resume: `running`
-    /// ones and synchronous `pending` ones (their client is gone). They are now
-    /// `failed` with error "host restarted".
+    /// Synchronous calls the previous process left unfinished (`running`, or
+    /// `pending`): their client is gone, so they are now `failed` with error "host
+    /// restarted".
     pub interrupted: usize,
-    /// Accepted async calls that never started, oldest first, to be run again.
+    /// Async calls left `running` that went back to `pending` with one more attempt,
+    /// to run again (they are in `pending` too).
+    pub retried: usize,
+    /// Async calls left `running` on their last attempt ([`MAX_ASYNC_ATTEMPTS`]): now
+    /// `failed`, with an error naming the attempts.
+    pub exhausted: usize,
+    /// Accepted async calls to run, oldest first: those that never started and those
+    /// retried.
     pub pending: Vec<CallRecord>,
 }
 

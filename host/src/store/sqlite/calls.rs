@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde::de::IntoDeserializer;
 
 use super::now_ms;
-use crate::store::{CallFilter, CallRecord, CallStatus, Recovery};
+use crate::store::{CallFilter, CallRecord, CallStatus, MAX_ASYNC_ATTEMPTS, Recovery};
 
 const CALL_COLUMNS: &str = "id, num, function, version, status, is_async, input, output, \
      error, logs, start, queue_us, init_us, exec_us, created_at, started_at, finished_at, \
-     caller";
+     caller, attempts";
 
 /// The same columns for a listed call: no input, output or logs, and the error cut
 /// short, so a list of a thousand calls reads kilobytes, not gigabytes.
@@ -22,7 +22,7 @@ fn summary_columns() -> String {
     format!(
         "id, num, function, version, status, is_async, x'', NULL, \
          substr(error, 1, {}), x'', start, queue_us, init_us, exec_us, created_at, \
-         started_at, finished_at, caller",
+         started_at, finished_at, caller, attempts",
         crate::store::types::SUMMARY_ERROR_CHARS
     )
 }
@@ -30,15 +30,16 @@ fn summary_columns() -> String {
 /// Later records for the same call id replace earlier ones, column by column.
 pub(super) const UPSERT_CALL: &str = "INSERT INTO calls (id, num, function, version, status, \
      is_async, input, output, error, logs, start, queue_us, init_us, exec_us, created_at, \
-     started_at, finished_at, caller) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+     started_at, finished_at, caller, attempts) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19)
      ON CONFLICT (id) DO UPDATE SET num = excluded.num, function = excluded.function, \
      version = excluded.version, status = excluded.status, is_async = excluded.is_async, \
      input = excluded.input, output = excluded.output, error = excluded.error, \
      logs = excluded.logs, start = excluded.start, queue_us = excluded.queue_us, \
      init_us = excluded.init_us, exec_us = excluded.exec_us, created_at = excluded.created_at, \
      started_at = excluded.started_at, finished_at = excluded.finished_at, \
-     caller = excluded.caller";
+     caller = excluded.caller, attempts = excluded.attempts";
 
 impl ToSql for CallStatus {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -76,6 +77,7 @@ pub(super) fn upsert(stmt: &mut CachedStatement<'_>, record: &CallRecord) -> rus
         record.started_at,
         record.finished_at,
         record.caller,
+        record.attempts,
     ])?;
     Ok(())
 }
@@ -158,24 +160,52 @@ pub(super) fn list(conn: &Connection, filter: CallFilter) -> Result<Vec<CallReco
     read().context("listing calls")
 }
 
-/// Fails the calls a previous process left unfinished that nobody can resume, and
-/// returns the accepted async calls that never started, oldest first.
+/// Repairs the calls a previous process left unfinished: fails the synchronous ones
+/// (their client is gone), puts async ones left `running` back to `pending` with one
+/// more attempt (or fails them on their last), and returns every pending async call,
+/// oldest first. One transaction: a crash during recovery leaves it undone, not half
+/// done.
 pub(super) fn recover(conn: &mut Connection) -> Result<Recovery> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context("starting the recovery transaction")?;
+    let now = now_ms();
     let interrupted = tx
         .execute(
             "UPDATE calls SET status = ?1, error = 'host restarted', finished_at = ?2 \
-             WHERE status = ?3 OR (status = ?4 AND is_async = 0)",
+             WHERE is_async = 0 AND status IN (?3, ?4)",
             params![
                 CallStatus::Failed,
-                now_ms(),
+                now,
                 CallStatus::Running,
                 CallStatus::Pending
             ],
         )
-        .context("failing calls interrupted by the restart")?;
+        .context("failing sync calls interrupted by the restart")?;
+    let exhausted = tx
+        .execute(
+            "UPDATE calls SET status = ?1, error = 'host restarted during each of ' || \
+             attempts || ' attempts', finished_at = ?2 \
+             WHERE is_async = 1 AND status = ?3 AND attempts >= ?4",
+            params![
+                CallStatus::Failed,
+                now,
+                CallStatus::Running,
+                MAX_ASYNC_ATTEMPTS
+            ],
+        )
+        .context("failing async calls interrupted on their last attempt")?;
+    // What the interrupted attempt left (its start, instance and timings) belongs to
+    // that attempt: the next one records its own.
+    let retried = tx
+        .execute(
+            "UPDATE calls SET status = ?1, attempts = attempts + 1, start = NULL, \
+             queue_us = NULL, init_us = NULL, exec_us = NULL, started_at = NULL, \
+             output = NULL, error = NULL, logs = x'' \
+             WHERE is_async = 1 AND status = ?2 AND attempts < ?3",
+            params![CallStatus::Pending, CallStatus::Running, MAX_ASYNC_ATTEMPTS],
+        )
+        .context("returning interrupted async calls to pending")?;
     let pending = {
         let sql = format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE status = ?1 AND is_async = 1 \
@@ -193,6 +223,8 @@ pub(super) fn recover(conn: &mut Connection) -> Result<Recovery> {
     tx.commit().context("committing recovery")?;
     Ok(Recovery {
         interrupted,
+        retried,
+        exhausted,
         pending,
     })
 }
@@ -217,6 +249,7 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
         started_at: row.get(15)?,
         finished_at: row.get(16)?,
         caller: row.get(17)?,
+        attempts: row.get(18)?,
     })
 }
 
@@ -238,11 +271,11 @@ fn start_from_row(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<StartK
 mod tests {
     use super::super::testing::{call, nums, open_temp};
     use super::super::{SqliteStore, open_connection};
-    use crate::store::{CallFilter, CallStatus, Recovery, Store};
+    use crate::store::{CallFilter, CallStatus, MAX_ASYNC_ATTEMPTS, Recovery, Store};
     use newt_runtime::StartKind;
 
     #[tokio::test]
-    async fn recover_fails_interrupted_calls_and_returns_pending_async_ones() {
+    async fn recover_fails_interrupted_sync_calls_and_returns_pending_async_ones() {
         let (_dir, path, store) = open_temp();
         let running = call(1, "hello", CallStatus::Running, false);
         let pending_old = call(2, "hello", CallStatus::Pending, true);
@@ -260,12 +293,14 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let recovery = store.recover().await.unwrap();
         assert_eq!(recovery.interrupted, 2);
+        assert_eq!((recovery.retried, recovery.exhausted), (0, 0));
         assert_eq!(recovery.pending, [pending_old, pending_new]);
 
         for interrupted in [&running, &pending_sync] {
             let after = store.get_call(&interrupted.id).await.unwrap().unwrap();
             assert_eq!(after.status, CallStatus::Failed);
             assert_eq!(after.error.as_deref(), Some("host restarted"));
+            assert_eq!(after.attempts, 1, "sync calls are never retried");
             assert!(after.finished_at.is_some());
         }
         assert_eq!(store.get_call(&done.id).await.unwrap(), Some(done));
@@ -273,9 +308,88 @@ mod tests {
             store.recover().await.unwrap(),
             Recovery {
                 interrupted: 0,
+                retried: 0,
+                exhausted: 0,
                 pending: recovery.pending,
             },
             "recovery is idempotent"
+        );
+    }
+
+    #[tokio::test]
+    async fn recover_runs_interrupted_async_calls_again_counting_attempts() {
+        let (_dir, path, store) = open_temp();
+        // An async call that was running, with what its first attempt had recorded.
+        let mut first = call(1, "hello", CallStatus::Running, true);
+        first.started_at = Some(first.created_at + 5);
+        first.start = Some(StartKind::Warm);
+        first.queue_us = Some(3);
+        let mut second = call(2, "hello", CallStatus::Running, true);
+        second.attempts = 2;
+        let mut last = call(3, "hello", CallStatus::Running, true);
+        last.attempts = MAX_ASYNC_ATTEMPTS;
+        let mut finished = call(4, "hello", CallStatus::Done, true);
+        finished.attempts = 2;
+        finished.output = Some(b"ok".to_vec());
+        for record in [&first, &second, &last, &finished] {
+            store.record_call_durable(record.clone()).await.unwrap();
+        }
+        std::mem::forget(store); // a crash
+
+        let store = SqliteStore::open(&path).unwrap();
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(
+            (recovery.interrupted, recovery.retried, recovery.exhausted),
+            (0, 2, 1)
+        );
+        let mut retried_first = first.clone();
+        retried_first.status = CallStatus::Pending;
+        retried_first.attempts = 2;
+        // The interrupted attempt's start and timings are not the next attempt's.
+        retried_first.started_at = None;
+        retried_first.start = None;
+        retried_first.queue_us = None;
+        let mut retried_second = second.clone();
+        retried_second.status = CallStatus::Pending;
+        retried_second.attempts = 3;
+        assert_eq!(recovery.pending, [retried_first, retried_second]);
+
+        let given_up = store.get_call(&last.id).await.unwrap().unwrap();
+        assert_eq!(given_up.status, CallStatus::Failed);
+        assert_eq!(
+            given_up.error.as_deref(),
+            Some("host restarted during each of 3 attempts")
+        );
+        assert_eq!(given_up.attempts, MAX_ASYNC_ATTEMPTS);
+        assert!(given_up.finished_at.is_some());
+        assert_eq!(store.get_call(&finished.id).await.unwrap(), Some(finished));
+    }
+
+    #[tokio::test]
+    async fn an_async_call_interrupted_at_every_start_fails_after_its_last_attempt() {
+        let (_dir, path, mut store) = open_temp();
+        let accepted = call(1, "hello", CallStatus::Pending, true);
+        store.record_call_durable(accepted.clone()).await.unwrap();
+        for attempt in 1..=MAX_ASYNC_ATTEMPTS {
+            // Each process starts the call (durably, as the service does) and dies.
+            let mut pending = store.recover().await.unwrap().pending;
+            assert_eq!(pending.len(), 1, "attempt {attempt}");
+            let mut running = pending.remove(0);
+            assert_eq!(running.attempts, attempt);
+            running.status = CallStatus::Running;
+            running.started_at = Some(running.created_at + 1);
+            store.record_call_durable(running).await.unwrap();
+            std::mem::forget(store);
+            store = SqliteStore::open(&path).unwrap();
+        }
+        let recovery = store.recover().await.unwrap();
+        assert_eq!((recovery.retried, recovery.exhausted), (0, 1));
+        assert!(recovery.pending.is_empty());
+        let failed = store.get_call(&accepted.id).await.unwrap().unwrap();
+        assert_eq!(failed.status, CallStatus::Failed);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("host restarted during each of 3 attempts")
         );
     }
 

@@ -323,6 +323,7 @@ mod testing {
             started_at: None,
             finished_at: None,
             caller: None,
+            attempts: 1,
         }
     }
 

@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
     // admin token, or when no tokens are configured), so such a token reads only its
     // own calls.
     "ALTER TABLE calls ADD COLUMN caller TEXT;",
+    // 4: which attempt a call is on: async calls interrupted by a host restart while
+    // running are started again, and their record says how many times. Every call
+    // recorded before this was on its first.
+    "ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// Applies the migrations this database has not seen yet, each in its own transaction.
@@ -76,4 +80,47 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
             .with_context(|| format!("committing schema migration {target}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    #[tokio::test]
+    async fn calls_recorded_before_attempts_existed_read_as_first_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("newt.db");
+        // A database as the release before migration 4 left it, with one call.
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (index, sql) in MIGRATIONS[..3].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", index as i64 + 1)
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO calls (id, num, function, version, status, is_async, input, \
+                 logs, created_at) VALUES ('old', 1, 'hello', 1, 'running', 1, x'', x'', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let old = store.get_call("old").await.unwrap().unwrap();
+        assert_eq!(old.attempts, 1);
+        // So a call running when that release died gets its second attempt.
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(recovery.retried, 1);
+        assert_eq!(recovery.pending[0].attempts, 2);
+
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        // Opening again applies nothing twice.
+        drop(store);
+        SqliteStore::open(&path).unwrap();
+    }
 }

@@ -258,6 +258,13 @@ pub trait Executor: Send + Sync + 'static {
     /// have left it in a bad state, and always for single-use instances.
     fn reusable(&self, instance: &Self::Instance) -> bool;
 
+    /// Whether an idle instance can still take a call, asked before one is handed out
+    /// and by the pool's maintainer: `false` when what it runs in went away while it
+    /// waited (a container whose engine was lost). A cheap check, no I/O.
+    fn alive(&self, _instance: &Self::Instance) -> bool {
+        true
+    }
+
     /// Gets rid of an instance and everything it holds.
     async fn destroy(&self, instance: Self::Instance);
 

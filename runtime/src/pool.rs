@@ -40,6 +40,12 @@ const GENERIC_START_BUDGET: Duration = Duration::from_secs(60);
 /// whose start function never ends must not keep a core busy forever.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How soon the maintainer tries again while the backend is unreachable (a Docker
+/// engine stopped or restarting): asking costs nothing then (the connection is
+/// refused at once), and an outage of a few seconds must not leave the pool cold for
+/// the full backoff after the engine is back.
+const UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
+
 /// What a function's pool looks like right now.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
@@ -320,6 +326,7 @@ impl<E: Executor> Pool<E> {
     /// (bounded) at capacity.
     async fn acquire(self: &Arc<Self>, policy: &Policy, deadline: Instant) -> Result<Lease<E>> {
         loop {
+            self.discard_dead();
             let freed = self.freed.notified();
             let waiting = {
                 let mut st = self.lock();
@@ -383,12 +390,41 @@ impl<E: Executor> Pool<E> {
     /// still counts against `max_instances`.
     fn destroy_soon(self: &Arc<Self>, instance: E::Instance, reason: &'static str) {
         self.lock().destroying += 1;
+        self.destroy_counted(instance, reason);
+    }
+
+    /// Destroys an instance in the background that already counts as `destroying`.
+    fn destroy_counted(self: &Arc<Self>, instance: E::Instance, reason: &'static str) {
         let pool = self.clone();
         spawn_detached(async move {
             pool.destroy(instance, reason).await;
             pool.lock().destroying -= 1;
             pool.freed.notify_one();
         });
+    }
+
+    /// Takes the idle instances that are no longer alive (their container went with a
+    /// lost engine) out of the pool and destroys them, so no call gets one and the
+    /// maintainer replaces them.
+    fn discard_dead(self: &Arc<Self>) {
+        let dead: Vec<E::Instance> = {
+            let mut st = self.lock();
+            if st.idle.iter().all(|(i, _)| self.executor.alive(i)) {
+                return;
+            }
+            let (alive, dead): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|(i, _)| self.executor.alive(i));
+            st.idle = alive;
+            // Counted before the lock is let go: they stay against `max_instances`
+            // until they are gone.
+            st.destroying += dead.len();
+            dead.into_iter().map(|(i, _)| i).collect()
+        };
+        tracing::info!(pool = %self.name(), dead = dead.len(), "discarding idle instances whose backend went away");
+        for instance in dead {
+            self.destroy_counted(instance, "dead");
+        }
     }
 
     /// Creates one instance of this pool's kind by `deadline`.
@@ -578,6 +614,7 @@ impl<E: Executor> Pool<E> {
 
     /// Refills to the policy's warm level and evicts idle instances past `keep_alive`.
     async fn maintain_once(self: &Arc<Self>) {
+        self.discard_dead();
         let policy = self.policy();
         let keep = self.keep_warm(&policy);
         let now = Instant::now();
@@ -636,10 +673,20 @@ impl<E: Executor> Pool<E> {
                 Err(e) => {
                     let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
                     backoff.failures = backoff.failures.saturating_add(1);
-                    let wait = (MAINTAIN_EVERY * 2u32.saturating_pow(backoff.failures.min(8)))
-                        .min(MAX_RETRY_BACKOFF);
+                    let unavailable = matches!(e, Error::Unavailable { .. });
+                    let wait = if unavailable {
+                        UNAVAILABLE_RETRY
+                    } else {
+                        (MAINTAIN_EVERY * 2u32.saturating_pow(backoff.failures.min(8)))
+                            .min(MAX_RETRY_BACKOFF)
+                    };
                     backoff.retry_at = Some(Instant::now() + wait);
-                    tracing::warn!(pool = %self.name(), retry_in_ms = wait.as_millis() as u64, "could not pre-start an instance: {e}");
+                    // An outage retries twice a second: say so once, not each time.
+                    if !unavailable || backoff.failures == 1 {
+                        tracing::warn!(pool = %self.name(), retry_in_ms = wait.as_millis() as u64, "could not pre-start an instance: {e}");
+                    } else {
+                        tracing::debug!(pool = %self.name(), retry_in_ms = wait.as_millis() as u64, "could not pre-start an instance: {e}");
+                    }
                     return;
                 }
             }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -25,10 +25,15 @@ pub(crate) struct Fake {
     /// Creates attempted (failed ones included).
     pub(crate) attempts: AtomicUsize,
     pub(crate) next_id: AtomicU64,
+    /// The backend is away: creates fail as `unavailable`.
+    pub(crate) backend_down: AtomicBool,
+    /// Bumped when the backend is lost: instances of an older one are dead.
+    pub(crate) backend_generation: AtomicU64,
 }
 
 pub(crate) struct FakeInstance {
     id: u64,
+    generation: u64,
     generic: bool,
     loaded: bool,
 }
@@ -104,6 +109,9 @@ impl Executor for Fake {
     fn reusable(&self, _instance: &FakeInstance) -> bool {
         true
     }
+    fn alive(&self, instance: &FakeInstance) -> bool {
+        instance.generation == self.backend_generation.load(Ordering::SeqCst)
+    }
     async fn destroy(&self, _instance: FakeInstance) {
         tokio::time::sleep(self.removal).await;
         self.alive.fetch_sub(1, Ordering::SeqCst);
@@ -130,9 +138,16 @@ impl Fake {
         if self.create_fails {
             return Err(Error::InstanceStart("refused".into()));
         }
+        if self.backend_down.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                backend: "fake",
+                reason: "away".into(),
+            });
+        }
         self.alive.fetch_add(1, Ordering::SeqCst);
         Ok(FakeInstance {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
+            generation: self.backend_generation.load(Ordering::SeqCst),
             generic,
             loaded: false,
         })

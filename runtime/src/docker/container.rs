@@ -14,9 +14,11 @@ use bollard::query_parameters::{
 use futures_util::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::engine::{Engine, lost_connection};
 use super::protocol::{AgentMessage, FrameReader, HostMessage, ProtocolError, encode};
 use super::{ContainerRuntime, RunMode};
 use crate::error::{Error, Result};
@@ -52,6 +54,10 @@ type Output =
 pub struct ContainerInstance {
     pub(crate) id: String,
     docker: Docker,
+    engine: Arc<Engine>,
+    /// The engine's generation when the container was started: once the engine has
+    /// been lost since, the container's attached stdio is gone with it.
+    generation: u64,
     mode: RunMode,
     workdir: String,
     run: String,
@@ -65,9 +71,35 @@ pub struct ContainerInstance {
 impl ContainerInstance {
     /// Removes the container, whatever its state.
     pub(crate) async fn remove(mut self) {
-        remove(&self.docker, &self.id).await;
+        remove_on(&self.docker, &self.engine, &self.id).await;
         self.removed = true;
     }
+
+    /// Whether the container may still serve calls: not spent, and started since the
+    /// engine was last lost.
+    pub(crate) fn alive(&self) -> bool {
+        !self.spent && self.generation == self.engine.generation()
+    }
+
+    /// What [`exit_reason`] needs, apart from the instance's borrowed stdio.
+    fn who(&self) -> Who {
+        Who {
+            docker: self.docker.clone(),
+            engine: self.engine.clone(),
+            id: self.id.clone(),
+            memory_mb: self.memory_mb,
+            generation: self.generation,
+        }
+    }
+}
+
+/// A container to ask the engine about.
+pub(crate) struct Who {
+    docker: Docker,
+    engine: Arc<Engine>,
+    id: String,
+    memory_mb: u64,
+    generation: u64,
 }
 
 impl Drop for ContainerInstance {
@@ -76,13 +108,14 @@ impl Drop for ContainerInstance {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+            let (docker, engine) = (self.docker.clone(), self.engine.clone());
+            let id = std::mem::take(&mut self.id);
             handle.spawn(async move {
-                remove(&docker, &id).await;
+                remove_on(&docker, &engine, &id).await;
                 // A create still in flight at the engine when its caller vanished may
                 // finish after the first removal: look once more.
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                remove(&docker, &id).await;
+                remove_on(&docker, &engine, &id).await;
             });
         }
     }
@@ -108,10 +141,6 @@ struct AgentIo {
     output: Output,
     frames: FrameReader,
     stderr: Vec<u8>,
-}
-
-fn docker_error(action: &str, e: bollard::errors::Error) -> Error {
-    Error::Internal(anyhow::anyhow!("{action}: {e}"))
 }
 
 /// The hardening every function container gets. `volumes` are the mount points the
@@ -172,11 +201,13 @@ fn host_config(limits: &Limits, volumes: &[String], workdir: &str) -> HostConfig
 /// `handler`, also loads the function and waits for the agent to say it is ready;
 /// without one the agent waits for `init` (a runtime-level instance, see [`load`]).
 pub(crate) async fn start(
+    engine: &Arc<Engine>,
     docker: &Docker,
     what: &Start<'_>,
     deadline: Instant,
 ) -> Result<ContainerInstance> {
-    let started = tokio::time::timeout_at(deadline.into(), start_by(docker, what, deadline)).await;
+    let started =
+        tokio::time::timeout_at(deadline.into(), start_by(engine, docker, what, deadline)).await;
     started.unwrap_or_else(|_| {
         // The half-started container went with the dropped future (its drop removes it).
         Err(Error::Deadline(format!(
@@ -187,6 +218,7 @@ pub(crate) async fn start(
 }
 
 async fn start_by(
+    engine: &Arc<Engine>,
     docker: &Docker,
     what: &Start<'_>,
     deadline: Instant,
@@ -223,6 +255,9 @@ async fn start_by(
         // `init` will bring.
         env.push("NEWT_RUNTIME_LEVEL=1".into());
     }
+    // Read before the engine is asked anything: a loss from here on makes this
+    // instance dead, never a survivor of the old engine alive.
+    let generation = engine.generation();
     let volumes = super::image::image_volumes(docker, image).await?;
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
@@ -246,6 +281,8 @@ async fn start_by(
     let mut instance = ContainerInstance {
         id: name.clone(),
         docker: docker.clone(),
+        engine: engine.clone(),
+        generation,
         mode: runtime.mode,
         workdir: runtime.path.clone(),
         run: runtime.run.clone(),
@@ -260,7 +297,7 @@ async fn start_by(
             body,
         )
         .await
-        .map_err(|e| docker_error("creating a container", e))?;
+        .map_err(|e| engine.error("creating a container", e))?;
     let started = async {
         let id = instance.id.clone();
         if agent {
@@ -278,7 +315,7 @@ async fn start_by(
                     ),
                 )
                 .await
-                .map_err(|e| docker_error("attaching to a container", e))?;
+                .map_err(|e| engine.error("attaching to a container", e))?;
             instance.io = Some(AgentIo {
                 input: attached.input,
                 output: attached.output,
@@ -292,7 +329,7 @@ async fn start_by(
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
-            .map_err(|e| docker_error("starting a container", e))?;
+            .map_err(|e| engine.error("starting a container", e))?;
         if agent {
             match handler {
                 Some(handler) => {
@@ -428,21 +465,23 @@ async fn exchange(
     doing: &str,
     deadline: Instant,
 ) -> Result<AgentMessage> {
+    let who = instance.who();
     let io = instance.io.as_mut().expect("agent instances are attached");
     let frame = encode(message);
-    io.input.write_all(&frame).await.map_err(|e| {
-        Error::InstanceStart(format!("sending {} to the agent: {e}", message.kind()))
-    })?;
+    if let Err(e) = io.input.write_all(&frame).await {
+        // An engine that went away is why, more often than the agent.
+        let reason = exit_reason(&who).await?;
+        return Err(Error::InstanceStart(format!(
+            "{reason} (sending {} to the agent failed: {e})",
+            message.kind()
+        )));
+    }
     match tokio::time::timeout_at(deadline.into(), next_message(io)).await {
         Err(_) => Err(Error::Deadline(format!(
             "the agent did not {doing} before the call's deadline"
         ))),
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(ended)) => Err(Error::InstanceStart(
-            ended
-                .describe(&instance.docker, &instance.id, instance.memory_mb)
-                .await,
-        )),
+        Ok(Err(ended)) => Err(Error::InstanceStart(ended.describe(&who).await?)),
     }
 }
 
@@ -455,12 +494,13 @@ enum Ended {
 }
 
 impl Ended {
-    async fn describe(&self, docker: &Docker, id: &str, memory_mb: u64) -> String {
+    /// Why, for the call's record; `unavailable` when the engine went away.
+    async fn describe(&self, who: &Who) -> Result<String> {
         match self {
-            Ended::Protocol(e) => {
-                format!("the container broke the protocol: {e}; the container is removed")
-            }
-            Ended::Closed => exit_reason(docker, id, memory_mb).await,
+            Ended::Protocol(e) => Ok(format!(
+                "the container broke the protocol: {e}; the container is removed"
+            )),
+            Ended::Closed => exit_reason(who).await,
         }
     }
 }
@@ -488,35 +528,65 @@ async fn next_message(io: &mut AgentIo) -> std::result::Result<AgentMessage, End
     }
 }
 
-/// Asks the engine how a container ended: OOM, exit code, or still running.
-pub(crate) async fn exit_reason(docker: &Docker, id: &str, memory_mb: u64) -> String {
+/// Asks the engine how a container ended: OOM, exit code, or still running. When the
+/// engine does not answer, or was lost since the container started (the container
+/// went with it), that is the answer: `unavailable`, at once.
+pub(crate) async fn exit_reason(who: &Who) -> Result<String> {
+    let Who {
+        docker,
+        engine,
+        id,
+        memory_mb,
+        generation,
+    } = who;
     // The engine may record the exit a moment after the stream closes.
     for _ in 0..20 {
-        if let Ok(inspect) = docker
-            .inspect_container(
+        if engine.generation() != *generation {
+            return Err(super::engine::unreachable(
+                &engine.address,
+                "the engine went away during the call, and the container with it",
+            ));
+        }
+        let inspected = tokio::time::timeout(
+            super::engine::PROBE_TIMEOUT,
+            docker.inspect_container(
                 id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
+            ),
+        )
+        .await;
+        let inspected = match inspected {
+            Err(_) => {
+                return Err(super::engine::unreachable(
+                    &engine.address,
+                    "no answer about the container's state in time",
+                ));
+            }
+            Ok(Err(e)) if lost_connection(&e) => {
+                return Err(engine.error("asking how the container ended", e));
+            }
+            Ok(inspected) => inspected,
+        };
+        if let Ok(inspect) = inspected
             && let Some(state) = inspect.state
         {
             if state.oom_killed == Some(true) {
-                return format!("out of memory (limit {memory_mb} MiB)");
+                return Ok(format!("out of memory (limit {memory_mb} MiB)"));
             }
             if state.running != Some(true) {
                 let code = state.exit_code.unwrap_or(-1);
                 // 137 = SIGKILL: with memory = memory-swap that is the OOM killer.
                 if code == 137 {
-                    return format!(
+                    return Ok(format!(
                         "out of memory (limit {memory_mb} MiB): the container was killed"
-                    );
+                    ));
                 }
-                return format!("the container exited with code {code}");
+                return Ok(format!("the container exited with code {code}"));
             }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    "the container stopped answering".into()
+    Ok("the container stopped answering".into())
 }
 
 /// Runs one call in an instance by `deadline`.
@@ -531,7 +601,7 @@ pub(crate) async fn invoke(
         RunMode::Agent => {
             tokio::time::timeout_at(
                 deadline.into(),
-                invoke_agent(docker, spec, instance, call, deadline),
+                invoke_agent(spec, instance, call, deadline),
             )
             .await
         }
@@ -565,14 +635,12 @@ fn take_stderr(instance: &mut ContainerInstance) -> bytes::Bytes {
 }
 
 async fn invoke_agent(
-    docker: &Docker,
     spec: &FunctionSpec,
     instance: &mut ContainerInstance,
     call: &CallRequest,
     deadline: Instant,
 ) -> Result<CallOutcome> {
-    let id = instance.id.clone();
-    let memory_mb = instance.memory_mb;
+    let who = instance.who();
     let io = instance.io.as_mut().expect("agent instances are attached");
     io.stderr.clear();
     // The handler is told the same deadline the host enforces.
@@ -601,20 +669,28 @@ async fn invoke_agent(
             bytes::Bytes::from(std::mem::take(&mut io.stderr)),
         )
     }
+    // An engine that went away ends the call as `unavailable` (503), not as the
+    // function's failure: the function did nothing wrong.
     if let Err(e) = io.input.write_all(&frame).await {
         instance.spent = true;
-        let reason = exit_reason(docker, &id, memory_mb).await;
+        let reason = exit_reason(&who).await?;
         let io = instance.io.as_mut().expect("agent instances are attached");
         return Ok(failed(
             format!("{reason} (sending the call failed: {e})"),
             io,
         ));
     }
-    let message = match next_message(io).await {
+    // Raced against the engine's loss: a stopping engine closes the stream only when
+    // it exits, after stopping every container, which can take seconds.
+    let read = tokio::select! {
+        read = next_message(io) => read,
+        () = who.engine.lost_since(who.generation) => Err(Ended::Closed),
+    };
+    let message = match read {
         Ok(message) => message,
         Err(ended) => {
             instance.spent = true;
-            let reason = ended.describe(docker, &id, memory_mb).await;
+            let reason = ended.describe(&who).await?;
             let io = instance.io.as_mut().expect("agent instances are attached");
             return Ok(failed(reason, io));
         }
@@ -681,6 +757,7 @@ async fn invoke_command(
     instance: &mut ContainerInstance,
     call: &CallRequest,
 ) -> Result<CallOutcome> {
+    let engine = instance.engine.clone();
     let exec = docker
         .create_exec(
             &instance.id,
@@ -700,11 +777,11 @@ async fn invoke_command(
             },
         )
         .await
-        .map_err(|e| docker_error("creating an exec", e))?;
+        .map_err(|e| engine.error("creating an exec", e))?;
     let started = docker
         .start_exec(&exec.id, None)
         .await
-        .map_err(|e| docker_error("starting an exec", e))?;
+        .map_err(|e| engine.error("starting an exec", e))?;
     let StartExecResults::Attached {
         mut output,
         mut input,
@@ -717,7 +794,7 @@ async fn invoke_command(
         .await
         .and(input.shutdown().await)
         .map_err(|e| {
-            docker_error(
+            engine.error(
                 "writing the input",
                 bollard::errors::Error::IOError { err: e },
             )
@@ -728,7 +805,20 @@ async fn invoke_command(
         spec.limits.max_log_bytes as usize,
     );
     let (mut stdout, mut stderr, mut overflow) = (Vec::new(), Vec::new(), false);
-    while let Some(chunk) = output.next().await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = output.next() => chunk,
+            () = engine.lost_since(instance.generation) => {
+                instance.spent = true;
+                return Err(super::engine::unreachable(
+                    &engine.address,
+                    "the engine went away during the call",
+                ));
+            }
+        };
+        let Some(chunk) = chunk else {
+            break;
+        };
         match chunk {
             Ok(LogOutput::StdOut { message }) => {
                 if stdout.len() + message.len() > max_out {
@@ -756,7 +846,7 @@ async fn invoke_command(
     let code = docker
         .inspect_exec(&exec.id)
         .await
-        .map_err(|e| docker_error("inspecting an exec", e))?
+        .map_err(|e| engine.error("inspecting an exec", e))?
         .exit_code
         .unwrap_or(-1);
     let result = if code == 0 {
@@ -777,17 +867,26 @@ async fn invoke_command(
     })
 }
 
-/// Removes a container, whatever its state. Errors are logged: a leftover is removed
-/// by the next start's cleanup.
-pub(crate) async fn remove(docker: &Docker, id: &str) {
+/// Removes a container, whatever its state. When the engine does not answer, the
+/// container is remembered and removed when it answers again; other errors are
+/// logged (a leftover is removed by the next start's cleanup).
+pub(crate) async fn remove_on(docker: &Docker, engine: &Engine, id: &str) {
     // `v`: with the anonymous volumes of the image's VOLUMEs (those not replaced by a
     // tmpfs in [`host_config`]), or each removal would leave one behind.
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
         .build();
-    if let Err(e) = docker.remove_container(id, Some(options)).await {
-        tracing::debug!(container = id, "remove: {e}");
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        Err(e) if lost_connection(&e) => {
+            tracing::debug!(
+                container = id,
+                "remove: {e}; removed when the engine is back"
+            );
+            engine.orphan(id);
+        }
+        Err(e) => tracing::debug!(container = id, "remove: {e}"),
     }
 }
 

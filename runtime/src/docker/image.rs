@@ -53,8 +53,17 @@ pub(crate) fn python_recipe_hash() -> String {
     hex::encode(h.finalize())
 }
 
+/// An engine error of `action`: `unavailable` when the engine did not answer (so a
+/// call during an outage gets 503, not 500), internal otherwise.
 fn docker_error(action: &str, e: bollard::errors::Error) -> Error {
-    Error::Internal(anyhow::anyhow!("{action}: {e}"))
+    if super::engine::lost_connection(&e) {
+        Error::Unavailable {
+            backend: "docker",
+            reason: format!("Docker engine not reachable: {action}: {e}"),
+        }
+    } else {
+        Error::Internal(anyhow::anyhow!("{action}: {e}"))
+    }
 }
 
 /// Whether an image tagged `tag` with `label = value` exists.

@@ -350,8 +350,7 @@ const GENERIC_WORKDIR: &str = "/tmp/fn";
 
 /// Runs functions of container runtimes.
 pub struct DockerExecutor {
-    address: String,
-    client: std::result::Result<Docker, String>,
+    engine: Arc<engine::Engine>,
     runtimes: DashMap<String, ContainerRuntime>,
     work_dir: PathBuf,
     host_id: String,
@@ -362,7 +361,7 @@ pub struct DockerExecutor {
 impl std::fmt::Debug for DockerExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerExecutor")
-            .field("address", &self.address)
+            .field("address", &self.engine.address)
             .finish_non_exhaustive()
     }
 }
@@ -382,8 +381,7 @@ impl DockerExecutor {
         let python = ContainerRuntime::builtin_python();
         let build_limits = BuildLimits::default();
         DockerExecutor {
-            client: engine::connect(&address),
-            address,
+            engine: engine::Engine::new(address),
             runtimes: DashMap::from_iter([(python.name.clone(), python)]),
             work_dir: config.work_dir,
             host_id: config.host_id,
@@ -411,21 +409,10 @@ impl DockerExecutor {
         self.runtimes.get(name).map(|r| r.clone())
     }
 
-    /// The engine, if it answers.
+    /// The engine, if it answers a ping within [`engine::PROBE_TIMEOUT`]: a call that
+    /// needs a new container while the engine is away fails fast (503).
     async fn docker(&self) -> Result<&Docker> {
-        let docker = self.client_or_unavailable()?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| engine::unreachable(&self.address, e))?;
-        Ok(docker)
-    }
-
-    /// The client, without asking the engine anything.
-    fn client_or_unavailable(&self) -> Result<&Docker> {
-        self.client
-            .as_ref()
-            .map_err(|reason| engine::unreachable(&self.address, reason))
+        self.engine.answering().await
     }
 
     /// Removes every container this host started: at start, what a previous process
@@ -443,10 +430,10 @@ impl DockerExecutor {
                     .build(),
             ))
             .await
-            .map_err(|e| Error::Internal(anyhow::anyhow!("listing containers: {e}")))?;
+            .map_err(|e| self.engine.error("listing containers", e))?;
         let mut removed = 0;
         for id in containers.into_iter().filter_map(|c| c.id) {
-            container::remove(docker, &id).await;
+            container::remove_on(docker, &self.engine, &id).await;
             removed += 1;
         }
         Ok(removed)
@@ -759,6 +746,7 @@ impl Executor for DockerExecutor {
     ) -> Result<ContainerInstance> {
         let docker = self.docker().await?;
         container::start(
+            &self.engine,
             docker,
             &container::Start {
                 function: &spec.name,
@@ -786,6 +774,7 @@ impl Executor for DockerExecutor {
         self.ensure_image_on(docker, &runtime).await?;
         // Generic instances are started with the default limits and no code.
         container::start(
+            &self.engine,
             docker,
             &container::Start {
                 function: &format!("rt-{}", runtime.name),
@@ -833,33 +822,38 @@ impl Executor for DockerExecutor {
         call: &CallRequest,
         deadline: Instant,
     ) -> Result<CallOutcome> {
-        let docker = self.client_or_unavailable()?;
+        let docker = self.engine.client()?;
         container::invoke(docker, spec, instance, call, deadline).await
     }
 
     fn reusable(&self, instance: &ContainerInstance) -> bool {
-        !instance.spent
+        instance.alive()
+    }
+
+    /// A container started before the engine was last lost is dead: its attached
+    /// stdio went with the engine (and, without live-restore, its process).
+    fn alive(&self, instance: &ContainerInstance) -> bool {
+        instance.alive()
     }
 
     async fn destroy(&self, instance: ContainerInstance) {
         instance.remove().await;
     }
 
+    /// Asks the engine its version, within [`engine::PROBE_TIMEOUT`]: `/healthz`
+    /// answers quickly whatever state the engine is in.
     async fn health(&self) -> BackendHealth {
-        let reachable = match &self.client {
-            Ok(docker) => docker.version().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
-        };
-        match reachable {
+        let address = self.engine.address.clone();
+        match self.engine.version().await {
             Ok(version) => BackendHealth {
                 reachable: true,
-                address: self.address.clone(),
-                version: version.version,
+                address,
+                version,
                 error: None,
             },
             Err(error) => BackendHealth {
                 reachable: false,
-                address: self.address.clone(),
+                address,
                 version: None,
                 error: Some(error),
             },

@@ -279,6 +279,41 @@ async fn a_failing_create_fails_the_call_and_the_maintainer_backs_off() {
 }
 
 #[tokio::test]
+async fn a_lost_backend_discards_idle_instances_and_the_pool_refills_soon_after_it_returns() {
+    let pool = pool_with(
+        Fake::default(),
+        Policy {
+            min_warm: 2,
+            ..policy(Preload::Function, 4, 4)
+        },
+    );
+    eventually("two warm", || counts(&pool).0 == 2).await;
+
+    // The backend goes away, taking the idle instances with it.
+    pool.executor.backend_down.store(true, Ordering::SeqCst);
+    pool.executor
+        .backend_generation
+        .fetch_add(1, Ordering::SeqCst);
+    let err = pool.call_in(request(), soon(5000)).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    eventually("the dead instances destroyed", || {
+        pool.destroyed().get("dead") == Some(&2) && pool.executor.alive.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // Long enough for the doubling backoff of other failures to reach 4 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(counts(&pool).0, 0);
+
+    // Back: the pool refills within the unavailable retry, not the full backoff, and
+    // calls get instances of the new backend.
+    pool.executor.backend_down.store(false, Ordering::SeqCst);
+    eventually("two warm again", || counts(&pool).0 == 2).await;
+    let outcome = pool.call_in(request(), soon(5000)).await.unwrap();
+    assert_eq!(outcome.result, CallResult::Done);
+    assert_eq!(outcome.start, StartKind::Warm);
+}
+
+#[tokio::test]
 async fn a_start_past_the_deadline_is_a_timeout_outcome() {
     let fake = Fake {
         create_delay: Duration::from_millis(2000),

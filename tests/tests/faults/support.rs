@@ -36,11 +36,26 @@ impl Scale {
     }
 }
 
-/// Holds the machine for one scenario: scenarios in this binary never overlap, since
-/// one may stop the Docker engine and another loads every core.
-pub async fn exclusive() -> MutexGuard<'static, ()> {
+/// Holds the machine for one scenario: scenarios never overlap, since one may stop
+/// the Docker engine and another loads every core. A mutex keeps this binary's tests
+/// apart; a lock on a file under the temporary directory keeps apart the runs of
+/// separate processes (two `cargo test` at once), waited for at most 30 minutes.
+pub async fn exclusive() -> (MutexGuard<'static, ()>, std::fs::File) {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(())).lock().await
+    let guard = LOCK.get_or_init(|| Mutex::new(())).lock().await;
+    let path = std::env::temp_dir().join("newt-faults.lock");
+    let file = std::fs::File::create(&path)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    let until = std::time::Instant::now() + Duration::from_secs(30 * 60);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return (guard, file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("locking {}: {e}", path.display()),
+        }
+    }
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS`), if it is alive.

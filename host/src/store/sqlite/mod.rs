@@ -23,8 +23,8 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 use super::{CallFilter, CallRecord, FunctionVersion, Recovery, Store, VersionStatus};
-pub(crate) use writer::is_sqlite_full;
 use writer::Writer;
+pub(crate) use writer::is_sqlite_full;
 
 /// Idle read connections kept open; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 4;

@@ -576,6 +576,13 @@ async fn kill_9_under_load_loses_no_accepted_call() {
         "accepted async calls without a final status: {lost:?}\n{}",
         second.log()
     );
+    // Neither function can fail by itself: a call that ended otherwise was failed by
+    // the crash (as every async call running at a crash used to be).
+    assert_eq!(
+        ends.get("done").copied().unwrap_or(0),
+        tally.accepted.len(),
+        "accepted async calls that did not end done: {ends:?}"
+    );
     assert!(
         most_attempts <= 2,
         "one crash started a call at most twice, yet a call has {most_attempts} attempts"

@@ -6,10 +6,14 @@
 //! keeps serving; sync calls keep answering (their records are written behind: those
 //! that cannot be written are counted in `newt_call_records_lost_total`); an async
 //! call is either accepted durably (202) or refused with 507, never accepted and
-//! forgotten. No partial bundle or compiled module is ever visible (no temporary file
-//! left, every blob hashes to its name). Once the filler is removed, deploys, calls
-//! and async calls work again without a restart; after a restart on the same home
-//! every accepted call has ended; and the database passes `PRAGMA integrity_check`.
+//! forgotten. The compiled-module cache is an optimisation: with room for a bundle and
+//! its version but not for its compiled module, the deploy and its calls still work,
+//! and the next start compiles and caches the module. No partial bundle or compiled
+//! module is ever visible (no temporary file left, every blob hashes to its name). A
+//! restart while the disk is full either serves or stops at once saying the disk is
+//! full. Once the filler is removed, deploys, calls and async calls work again without
+//! a restart; after a restart on the same home every accepted call has ended; and the
+//! database passes `PRAGMA integrity_check`.
 //!
 //! Needs root (to mount); otherwise it is skipped with a printed reason. The server
 //! runs without Docker (its `DOCKER_HOST` points nowhere): this is about NEWT_HOME,

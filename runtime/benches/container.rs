@@ -42,6 +42,8 @@ fn main() {
         digest: digest.to_string(),
         limits: Limits::default(),
         policy: newt_runtime::Policy::default(),
+        env: Default::default(),
+        allow_outbound: Default::default(),
     });
     let call = || async {
         let outcome = invoker
@@ -50,6 +52,7 @@ fn main() {
                 CallRequest {
                     call_id: "bench".into(),
                     input: Bytes::from_static(b"{\"n\":1}"),
+                    http: None,
                 },
                 std::time::Instant::now() + spec.limits.timeout(),
             )

@@ -50,6 +50,8 @@ fn invoker_for(home: &Path, module: &[u8]) -> (Invoker, Arc<FunctionSpec>) {
         digest: digest.to_string(),
         limits: Limits::default(),
         policy: newt_runtime::Policy::default(),
+        env: Default::default(),
+        allow_outbound: Default::default(),
     });
     (Invoker::new(cas).with_executor(wasm), spec)
 }
@@ -58,6 +60,7 @@ fn request() -> CallRequest {
     CallRequest {
         call_id: "bench".into(),
         input: Bytes::from_static(b"{\"roll\":\"4d6\"}"),
+        http: None,
     }
 }
 

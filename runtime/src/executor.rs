@@ -14,11 +14,13 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::docker::ContainerRuntime;
+use crate::egress::AllowList;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::policy::Policy;
@@ -39,15 +41,72 @@ pub struct FunctionSpec {
     pub limits: Limits,
     /// The preload policy in force: the runtime's, with the function's overrides.
     pub policy: Policy,
+    /// The function's configuration and secrets, delivered when an instance is created
+    /// or loaded (never to a runtime-level instance before a function claims it).
+    /// Never serialized: secrets are in clear here.
+    #[serde(skip)]
+    pub env: Env,
+    /// Where the function may connect; empty (the default): nowhere.
+    #[serde(skip)]
+    pub allow_outbound: Arc<AllowList>,
+}
+
+/// Environment variables of a function, secrets included. Its `Debug` shows names
+/// only, so a spec in a log line or a panic message never carries a secret's value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env(pub Arc<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Env {
+    /// The variables, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The HTTP side of a call that came in on a route (`/fn/{name}/...` or a route
+/// added with `newt route add`); its body is the call's `input`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path the function sees (after the route's prefix), starting with `/`.
+    pub path: String,
+    /// The query string without `?` (may be empty).
+    pub query: String,
+    /// Header names (lower case) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The HTTP answer a function gave (a wasi:http component, or an envelope the host
+/// decoded from a function's output); its body is the outcome's `output`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One call handed to an instance.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CallRequest {
     /// The call's id, visible to the guest as `NEWT_CALL_ID`.
     pub call_id: String,
     /// The input bytes (stdin for wasm, the `run` message's input for containers).
     pub input: Bytes,
+    /// Set when the call came in over an HTTP route; `input` is then its body.
+    pub http: Option<Arc<HttpRequest>>,
 }
 
 /// How a call found its instance.
@@ -140,6 +199,8 @@ pub struct CallOutcome {
     pub start: StartKind,
     /// Where the time went.
     pub timings: Timings,
+    /// The HTTP answer, when the function gave one (a wasi:http component).
+    pub http: Option<HttpResponse>,
 }
 
 impl CallOutcome {

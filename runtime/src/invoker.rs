@@ -473,6 +473,8 @@ mod tests {
                 digest: self.digest.clone(),
                 limits: Default::default(),
                 policy,
+                env: Default::default(),
+                allow_outbound: Default::default(),
             })
         }
 
@@ -480,6 +482,7 @@ mod tests {
             let request = CallRequest {
                 call_id: "c".into(),
                 input: Bytes::from_static(b"x"),
+                http: None,
             };
             let deadline = Instant::now() + Duration::from_secs(5);
             self.invoker.invoke(spec, request, deadline).await.unwrap()
@@ -568,6 +571,7 @@ mod tests {
                 CallRequest {
                     call_id: "c".into(),
                     input: Bytes::new(),
+                    http: None,
                 },
                 Instant::now() + Duration::from_secs(1),
             )

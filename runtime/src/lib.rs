@@ -54,7 +54,8 @@ pub use docker::{
 pub use egress::{AllowList, Denied, EgressProxy, EgressStats};
 pub use error::{Error, Result};
 pub use executor::{
-    BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec, StartKind, Timings,
+    BackendHealth, CallOutcome, CallRequest, CallResult, Env, Executor, FunctionSpec, HttpRequest,
+    HttpResponse, StartKind, Timings,
 };
 pub use invoker::Invoker;
 pub use limits::{Limits, MAX_LOG_BYTES, MAX_MEMORY_MB, MAX_OUTPUT_BYTES, MAX_TIMEOUT_MS};

@@ -50,6 +50,8 @@ impl Harness {
             digest: digest.to_string(),
             limits,
             policy: Policy::default(),
+            env: Default::default(),
+            allow_outbound: Default::default(),
         })
     }
 
@@ -60,6 +62,7 @@ impl Harness {
                 CallRequest {
                     call_id: "c1".into(),
                     input: Bytes::from(input.to_string()),
+                    http: None,
                 },
                 Instant::now() + spec.limits.timeout(),
             )
@@ -247,6 +250,8 @@ async fn compiled_modules_are_reused_from_the_disk_cache() {
             digest: digest.to_string(),
             limits: Limits::default(),
             policy: Policy::default(),
+            env: Default::default(),
+            allow_outbound: Default::default(),
         };
         let prepared = newt_runtime::Executor::prepare(&wasm, &spec, &cas.path(&digest))
             .await

@@ -47,11 +47,14 @@ pub async fn in_process(samples: usize) -> anyhow::Result<Row> {
         digest: digest.to_string(),
         limits: Limits::default(),
         policy: newt_runtime::Policy::default(),
+        env: Default::default(),
+        allow_outbound: Default::default(),
     });
     let call = async || -> anyhow::Result<()> {
         let request = CallRequest {
             call_id: "bench".into(),
             input: Bytes::from_static(fixtures::INPUT.as_bytes()),
+            http: None,
         };
         let outcome = invoker
             .invoke(&spec, request, Instant::now() + spec.limits.timeout())

@@ -514,10 +514,13 @@ mod tests {
             digest: digest.to_string(),
             limits: Limits::default(),
             policy: newt_runtime::Policy::default(),
+            env: Default::default(),
+            allow_outbound: Default::default(),
         });
         let request = CallRequest {
             call_id: "scaffold".into(),
             input: bytes::Bytes::from_static(br#"{"name":"x"}"#),
+            http: None,
         };
         let deadline = std::time::Instant::now() + spec.limits.timeout();
         Ok(invoker.invoke(&spec, request, deadline).await?)

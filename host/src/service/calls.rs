@@ -278,6 +278,7 @@ impl Service {
         let request = CallRequest {
             call_id: record.id.clone(),
             input: Bytes::copy_from_slice(&record.input),
+            http: None,
         };
         // The guard exists before the first await: from here on, a dropped call is
         // recorded as cancelled.

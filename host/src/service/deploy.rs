@@ -153,6 +153,8 @@ impl Service {
                 digest: digest.to_string(),
                 limits: limits.clone(),
                 policy: resolved,
+                env: Default::default(),
+                allow_outbound: Default::default(),
             };
             self.invoker.validate(&candidate).await?;
         }

@@ -97,6 +97,8 @@ impl Registry {
             digest: version.digest.clone(),
             limits: config.limits,
             policy: self.policy_of(version),
+            env: Default::default(),
+            allow_outbound: Default::default(),
         })
     }
 

@@ -15,6 +15,8 @@ fn spec(policy: Policy) -> Arc<FunctionSpec> {
         digest: String::new(),
         limits: Default::default(),
         policy,
+        env: Default::default(),
+        allow_outbound: Default::default(),
     })
 }
 
@@ -40,6 +42,7 @@ fn request() -> CallRequest {
     CallRequest {
         call_id: "c".into(),
         input: Bytes::from_static(b"{}"),
+        http: None,
     }
 }
 

@@ -9,7 +9,7 @@ GUESTS := -p dice -p hello -p fs-probe
 WASM := $(TARGET_DIR)/wasm32-wasip1/release
 LISTEN ?= 127.0.0.1:7878
 
-.PHONY: setup run test lint bench bench-report guests fuzz
+.PHONY: setup run test lint bench bench-report guests fuzz faults
 
 # Ready the machine: the wasm32-wasip1 target, and warnings for what python needs.
 setup:
@@ -30,6 +30,12 @@ test: setup guests
 	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s runtimes/python -p 'test_*.py'
 	$(CARGO) build -p newt-host
 	$(CARGO) test --workspace
+
+# The fault and load scenarios at full length (RELIABILITY.md); `make test` runs the
+# short version of each. Two need root (they stop dockerd, mount a tmpfs).
+faults: setup guests
+	$(CARGO) build -p newt-host
+	NEWT_FAULTS=full $(CARGO) test -p newt-tests --test faults -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -10,7 +10,7 @@
 //! kill at 20 s, as issue 13 asks. The Python half needs Docker; without an engine it
 //! is skipped with a printed reason (unless `NEWT_REQUIRE_DOCKER=1`).
 
-use crate::support::{Report, Scale, exclusive, ms, quantile};
+use crate::support::{Report, Scale, call_id, client, deploy, exclusive, ms, quantile};
 use newt_tests::{Server, containers_of, docker_available, fixture, tar_gz};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -27,37 +27,6 @@ def handler(event):
     time.sleep((event or {}).get("sleep", 0) if isinstance(event, dict) else 0)
     return event
 "#;
-
-/// How long one request may take before the load counts it failed: every wait ends.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A client whose every request has a deadline.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("an HTTP client")
-}
-
-/// Deploys `body` as `name` (`query` starts with `&` or is empty) and waits for the
-/// build; panics with the server's answer and log if the deploy fails.
-pub async fn deploy(server: &Server, name: &str, body: Vec<u8>, query: &str) -> Value {
-    let response = client()
-        .put(server.url(&format!("/v1/functions/{name}?wait=true{query}")))
-        .timeout(Duration::from_secs(900))
-        .body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    assert!(
-        status.is_success(),
-        "deploying {name}: {status} {text}\n{}",
-        server.log()
-    );
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
 
 /// The Python function's bundle.
 pub fn python_bundle() -> Vec<u8> {
@@ -207,13 +176,7 @@ async fn load(
         let answer = http.post(&url).body(target.body).send().await;
         let answered = Instant::now();
         let (id, failure) = match answer {
-            Ok(r) if r.status().as_u16() == if is_async { 202 } else { 200 } => (
-                r.headers()
-                    .get("x-newt-call-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                None,
-            ),
+            Ok(r) if r.status().as_u16() == if is_async { 202 } else { 200 } => (call_id(&r), None),
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();

@@ -21,7 +21,7 @@
 //! Short (CI): one fill of a 64 MiB tmpfs. Full (`NEWT_FAULTS=full`): three fills,
 //! with more calls while full.
 
-use crate::support::{Report, Scale, exclusive};
+use crate::support::{Report, Scale, call_id, exclusive};
 use newt_host::testing::TestServer;
 use newt_tests::{fixture, newt_bin};
 use serde_json::Value;
@@ -659,11 +659,7 @@ async fn call(client: &reqwest::Client, base: &str, name: &str) -> (u16, Value) 
         Err(e) => return (0, Value::String(format!("no answer: {e:#}"))),
     };
     let status = response.status().as_u16();
-    let call_id = response
-        .headers()
-        .get("x-newt-call-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let call_id = call_id(&response);
     let text = response.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status == 200 {

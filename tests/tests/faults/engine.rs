@@ -21,8 +21,10 @@
 //! Short (CI): 3 s of calls before, a ~5 s outage. Full (`NEWT_FAULTS=full`): 10 s
 //! before, a 30 s outage.
 
-use crate::crash::{client, deploy, python_bundle};
-use crate::support::{Report, Scale, exclusive, ms, quantile};
+use crate::crash::python_bundle;
+use crate::support::{
+    Report, Scale, call_id, client, deploy, exclusive, ms, pool, quantile, within,
+};
 use newt_tests::{Server, containers_of, docker_available, fixture};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -257,11 +259,7 @@ async fn calls(
         let (status, call_id, message) = match answer {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let call_id = response
-                    .headers()
-                    .get("x-newt-call-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let call_id = call_id(&response);
                 let message = if status == 200 {
                     String::new()
                 } else {
@@ -308,32 +306,6 @@ async fn health(base: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<Health>
     }
 }
 
-/// The Python function's pool as `GET /v1/functions/{name}` shows it.
-async fn pool_of(server: &Server, name: &str) -> Value {
-    let function: Value = client()
-        .get(server.url(&format!("/v1/functions/{name}")))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .unwrap_or_else(|e| panic!("reading {name}: {e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("reading {name}: {e}"));
-    function["pool"].clone()
-}
-
-/// Waits (at most `limit`) until `check` holds; the time it took, or `None`.
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 fn describe(calls: &[&Seen]) -> String {
     calls
         .iter()
@@ -377,7 +349,7 @@ async fn the_docker_engine_lost_and_back() {
     )
     .await;
     let warm = within(Duration::from_secs(120), async || {
-        pool_of(&server, "pyecho").await["idle"].as_u64() >= Some(MIN_WARM)
+        pool(&server, "pyecho").await["idle"].as_u64() >= Some(MIN_WARM)
     })
     .await;
     assert!(
@@ -444,7 +416,7 @@ async fn the_docker_engine_lost_and_back() {
     })
     .await;
     let refilled = within(Duration::from_secs(60), async || {
-        pool_of(&server, "pyecho").await["idle"].as_u64() >= Some(MIN_WARM)
+        pool(&server, "pyecho").await["idle"].as_u64() >= Some(MIN_WARM)
     })
     .await
     .map(|t| answers + t);
@@ -675,13 +647,13 @@ async fn the_docker_engine_lost_and_back() {
         );
 
     // The pool after: dead containers discarded, and none of the old engine's left.
-    let pool = pool_of(&server, "pyecho").await;
-    report.row("pool destroyed by reason", &pool["destroyed"]);
+    let after = pool(&server, "pyecho").await;
+    report.row("pool destroyed by reason", &after["destroyed"]);
     let leftovers = within(Duration::from_secs(10), async || {
-        let pool = pool_of(&server, "pyecho").await;
+        let now = pool(&server, "pyecho").await;
         let live = ["idle", "busy", "starting"]
             .iter()
-            .map(|k| pool[k].as_u64().unwrap_or(0))
+            .map(|k| now[k].as_u64().unwrap_or(0))
             .sum::<u64>();
         containers_of(&server).len() as u64 == live
     })
@@ -798,7 +770,7 @@ async fn the_docker_engine_lost_and_back() {
     );
     assert!(
         leftovers.is_some(),
-        "containers of the lost engine were left behind: {} on the engine, pool {pool}",
+        "containers of the lost engine were left behind: {} on the engine, pool {after}",
         containers_of(&server).len()
     );
 

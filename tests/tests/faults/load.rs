@@ -19,7 +19,7 @@
 //! 60 s, as issue 13 asks. The Python half needs Docker; without an engine it is
 //! skipped with a printed reason (unless `NEWT_REQUIRE_DOCKER=1`).
 
-use crate::support::{self, Report, Scale, exclusive, ms, quantile};
+use crate::support::{self, Report, Scale, at_rest, deploy, exclusive, ms, pool, quantile, within};
 use newt_tests::{Server, containers_of, docker_available, fixture, tar_gz};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -88,69 +88,6 @@ impl Tally {
 
     fn calls(&self) -> u64 {
         self.ok.len() as u64 + self.refused + self.errors.values().sum::<u64>()
-    }
-}
-
-/// A client for the test's own requests (deploys, pool readings): it keeps no
-/// connection open, so the server's open files are the clients' alone.
-pub(crate) fn probe() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(900))
-        .build()
-        .expect("an HTTP client")
-}
-
-pub(crate) async fn get_json(server: &Server, path: &str) -> Value {
-    let response = probe()
-        .get(server.url(path))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    assert!(status.is_success(), "GET {path}: {status} {body}");
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
-pub(crate) async fn deploy(server: &Server, name: &str, bundle: Vec<u8>, query: &str) {
-    let response = probe()
-        .put(server.url(&format!("/v1/functions/{name}?wait=true{query}")))
-        .body(bundle)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    assert!(
-        status.is_success(),
-        "deploying {name}: {status} {body}\n{}",
-        server.log()
-    );
-}
-
-/// A function's pool as `GET /v1/functions/{name}` shows it.
-pub(crate) async fn pool(server: &Server, name: &str) -> Value {
-    get_json(server, &format!("/v1/functions/{name}")).await["pool"].clone()
-}
-
-/// Whether a pool is at rest: `idle` instances ready, none busy, starting or waited for.
-pub(crate) fn at_rest(pool: &Value, idle: u64) -> bool {
-    pool["idle"] == idle && pool["busy"] == 0 && pool["starting"] == 0 && pool["waiting"] == 0
-}
-
-/// Polls `check` every 100 ms until it holds; `false` if `limit` passes first.
-pub(crate) async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -320,7 +257,8 @@ async fn many_keep_alive_clients_get_answers_or_429_and_leave_nothing_behind() {
         let ready = within(Duration::from_secs(120), async || {
             at_rest(&pool(&server, target.name).await, warm)
         })
-        .await;
+        .await
+        .is_some();
         assert!(ready, "{} never reached {warm} warm instances", target.name);
     }
 
@@ -337,7 +275,8 @@ async fn many_keep_alive_clients_get_answers_or_429_and_leave_nothing_behind() {
     let back = within(Duration::from_secs(30), async || {
         support::fd_count(pid).is_some_and(|n| n <= fds_idle + FD_MARGIN)
     })
-    .await;
+    .await
+    .is_some();
     let fds_after = settled_fds(pid).await;
     let rss_after = support::rss_kib(pid).expect("the server runs");
     // Pools back to their warm level: Python's extra containers go after keep_alive.
@@ -351,7 +290,8 @@ async fn many_keep_alive_clients_get_answers_or_429_and_leave_nothing_behind() {
         let ok = within(Duration::from_secs(30), async || {
             at_rest(&pool(&server, target.name).await, warm)
         })
-        .await;
+        .await
+        .is_some();
         rested.insert(target.name, (ok, pool(&server, target.name).await));
     }
     // A container leaves the pool before the engine has removed it.

@@ -10,8 +10,8 @@
 //! Short and full runs are the same scenario (it is about order, not volume): ~25 s,
 //! plus the Python base image the first time it is built on a machine.
 
-use crate::crash::{client, deploy, integrity_check, python_bundle};
-use crate::support::{Report, exclusive, ms};
+use crate::crash::{integrity_check, python_bundle};
+use crate::support::{Report, call_id, client, deploy, exclusive, ms};
 use newt_tests::{Server, docker_available, fixture, tar_gz};
 use serde_json::Value;
 use std::path::Path;
@@ -64,12 +64,7 @@ async fn accept(server: &Server, name: &str, body: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("async call of {name}: {e}"));
     assert_eq!(response.status(), 202, "async call of {name}");
-    response
-        .headers()
-        .get("x-newt-call-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-newt-call-id")
-        .to_string()
+    call_id(&response).expect("x-newt-call-id")
 }
 
 /// A call's record (`GET /v1/calls/{id}`).

@@ -16,8 +16,10 @@
 //! Python half needs Docker; without an engine it is skipped with a printed reason
 //! (unless `NEWT_REQUIRE_DOCKER=1`).
 
-use crate::load::{at_rest, deploy, get_json, pool, probe, tail, within};
-use crate::support::{Report, Scale, exclusive, ms, quantile};
+use crate::load::tail;
+use crate::support::{
+    Report, Scale, at_rest, call_id, deploy, exclusive, get_json, ms, pool, probe, quantile, within,
+};
 use newt_tests::{Server, containers_of, docker_available, fixture, tar_gz};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,11 +82,7 @@ async fn slow_round(server: &Server, name: &str, input: &str, calls: usize) -> V
                     .await
                     .unwrap_or_else(|e| panic!("a slow call: {e}"));
                 let status = response.status().as_u16();
-                let call_id = response
-                    .headers()
-                    .get("x-newt-call-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let call_id = call_id(&response);
                 let _ = response.bytes().await;
                 Ended {
                     status,
@@ -113,7 +111,8 @@ async fn slow_round(server: &Server, name: &str, input: &str, calls: usize) -> V
             }
             final_
         })
-        .await;
+        .await
+        .is_some();
         if found {
             call.record = record;
         }
@@ -316,7 +315,8 @@ async fn slow_calls_end_at_their_deadline_and_fast_calls_go_on() {
     let sleepy_rest = within(Duration::from_secs(10), async || {
         at_rest(&pool(&server, "sleepy").await, 0)
     })
-    .await;
+    .await
+    .is_some();
     let sleepy_pool = pool(&server, "sleepy").await;
     if !sleepy_rest {
         failures.push(format!(
@@ -432,7 +432,8 @@ async fn python_round(
     let warm = within(Duration::from_secs(120), async || {
         at_rest(&pool(server, "pysleepy").await, min_warm)
     })
-    .await;
+    .await
+    .is_some();
     assert!(
         warm,
         "the Python function never had {min_warm} warm containers"
@@ -462,7 +463,8 @@ async fn python_round(
         let now = containers_of(server);
         !warm_containers.iter().any(|c| now.contains(c))
     })
-    .await;
+    .await
+    .is_some();
     let killed_in = started.elapsed();
     if !killed {
         failures.push("containers that ran a timed-out call were not removed in 60 s".into());
@@ -471,7 +473,8 @@ async fn python_round(
         containers_of(server).len() as u64 == min_warm
             && at_rest(&pool(server, "pysleepy").await, min_warm)
     })
-    .await;
+    .await
+    .is_some();
     let cleaned_in = started.elapsed();
     let py_pool = pool(server, "pysleepy").await;
     let left = containers_of(server).len();

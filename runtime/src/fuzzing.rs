@@ -130,6 +130,7 @@ impl HostFrame {
                 max_output_bytes: *max_output_bytes,
                 max_frame_bytes: *max_frame_bytes,
                 bundle: bundle.as_deref(),
+                egress_socket: None,
             },
             HostFrame::Run {
                 id,

@@ -11,7 +11,8 @@ to it over the container's stdin/stdout. Every message, both ways, is a frame: a
      "env":{"K":"V"},"max_log_bytes":1048576,           "logs":"..."}
      "max_output_bytes":6291456,
      "max_frame_bytes":14745600,
-     "bundle":"<optional base64 .tar.gz/.zip>"}
+     "bundle":"<optional base64 .tar.gz/.zip>",
+     "egress_socket":"<optional: /run/newt/egress.sock>"}
     {"type":"run","id":"<call id>",                 {"type":"result","id":"...","ok":true,
      "input":"<raw input>","deadline_ms":<unix ms     "output":"<JSON>","logs":"..."}
      or null>}                                      or {"type":"result","id":"...",
@@ -37,6 +38,14 @@ read-only root) gets the code in `init` instead: `bundle` is a base64 .tar.gz or
 that the agent unpacks into `workdir`, which must then be writable (a tmpfs). The host
 starts such an instance with `NEWT_RUNTIME_LEVEL=1`; the agent then imports what unpacking needs
 while it waits, so loading a function costs no module imports.
+
+A function with an `allow_outbound` list gets `egress_socket`: the unix socket of the
+egress proxy newt runs for this instance on the host (the container itself has no
+network). The agent then listens on a loopback port that pipes each connection to that
+socket (`EgressForwarder`) and sets `HTTP_PROXY`, `HTTPS_PROXY`, `http_proxy` and
+`https_proxy` to it, clearing `NO_PROXY`, before the handler is imported. The proxy
+allows only what the list names and answers anything else with a 403 whose body says
+why; a function without a list gets no socket, and no way out at all.
 
 A function's requirements are installed by its image build, as the function's user, into
 `workdir/.deps` (`pip3 install --target .deps`): when that folder exists, `init` puts it on
@@ -267,6 +276,192 @@ class Capture(io.TextIOBase):
             self._fallback.flush()
 
 
+class EgressForwarder:
+    """A loopback TCP port that leads to newt's egress proxy.
+
+    The container has no network (`network_mode: none`): its only way out is the
+    proxy's unix socket, which the host bind-mounts when the function has an
+    `allow_outbound` list. HTTP libraries take a proxy URL, not a socket path, so the
+    agent listens on 127.0.0.1 inside the container and pipes each connection to the
+    socket; `HTTP_PROXY`/`HTTPS_PROXY` point there. The proxy, on the host, decides
+    what each request may reach (and answers 403 with the reason when it may not);
+    this only moves bytes.
+
+    One thread serves every connection with a selector: a thread per direction would
+    spend the container's process limit (threads count against it) on open
+    connections. Each direction buffers at most `BUFFER` bytes, reading again only
+    once its buffer has drained; an end of input is passed on as a half-close once
+    the bytes before it are written; a pair is closed when both directions ended or
+    either end fails.
+    """
+
+    #: Bytes one direction of a connection holds before it stops reading.
+    BUFFER = 64 * 1024
+    #: Seconds connecting to the proxy's socket may take.
+    CONNECT_TIMEOUT = 5
+
+    def __init__(self, socket_path):
+        import selectors
+        import socket
+        import threading
+
+        self.socket_path = socket_path
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, name="newt-egress", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            for key, events in self._selector.select():
+                if key.data is None:
+                    self._accept()
+                else:
+                    key.data.handle(key.fileobj, events)
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of fds: the client waits in the backlog a moment
+                time.sleep(0.05)
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                # A unix socket connects at once or fails at once, unless the proxy's
+                # backlog is full: bounded, so the loop never hangs on it.
+                upstream.settimeout(self.CONNECT_TIMEOUT)
+                upstream.connect(self.socket_path)
+            except OSError as error:
+                upstream.close()
+                # The answer is written by a thread of its own: it waits for the
+                # client's request, and the loop must not.
+                threading.Thread(target=self._refuse, args=(client, error), daemon=True).start()
+                continue
+            _Pair(self._selector, client, upstream, self.BUFFER)
+
+    def _refuse(self, client, error):
+        """Answers 502 saying the proxy is unreachable, so the function sees why."""
+        import socket
+
+        body = ("newt egress: the proxy at %s is unreachable: %s\n" % (self.socket_path, error)).encode()
+        head = ("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                "Content-Length: %d\r\nConnection: close\r\nX-Newt-Egress: unreachable\r\n\r\n"
+                % len(body)).encode()
+        try:
+            client.setblocking(True)
+            client.settimeout(2)
+            client.sendall(head + body)
+            client.shutdown(socket.SHUT_WR)
+            # Read what the client sent, or closing would reset the connection
+            # before it reads the answer.
+            while client.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+
+class _Pair:
+    """A client connection and its proxy connection, copied both ways."""
+
+    def __init__(self, selector, client, upstream, limit):
+        self._selector = selector
+        self._limit = limit
+        self._peer = {client: upstream, upstream: client}
+        #: Bytes waiting to be written to each socket.
+        self._pending = {client: bytearray(), upstream: bytearray()}
+        #: Whether each socket's peer has ended its input (passed on once pending is out).
+        self._peer_ended = {client: False, upstream: False}
+        #: Whether each socket's write side is shut.
+        self._shut = {client: False, upstream: False}
+        self._watched = set()
+        self._closed = False
+        for sock in (client, upstream):
+            sock.setblocking(False)
+            self._update(sock)
+
+    def _interest(self, sock):
+        import selectors
+
+        events = 0
+        peer = self._peer[sock]
+        # Read while this socket has not ended and its peer's buffer has room.
+        if not self._peer_ended[peer] and len(self._pending[peer]) < self._limit:
+            events |= selectors.EVENT_READ
+        if self._pending[sock]:
+            events |= selectors.EVENT_WRITE
+        return events
+
+    def _update(self, sock):
+        """Watches `sock` for what it waits on now (a selector takes no empty interest)."""
+        events = self._interest(sock)
+        if events and sock in self._watched:
+            self._selector.modify(sock, events, self)
+        elif events:
+            self._selector.register(sock, events, self)
+            self._watched.add(sock)
+        elif sock in self._watched:
+            self._selector.unregister(sock)
+            self._watched.discard(sock)
+
+    def handle(self, sock, events):
+        import selectors
+        import socket
+
+        if self._closed:  # closed by an earlier event of the same batch
+            return
+        peer = self._peer[sock]
+        try:
+            if events & selectors.EVENT_READ:
+                try:
+                    data = sock.recv(self._limit)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                if data:
+                    self._pending[peer] += data
+                elif data is not None:
+                    self._peer_ended[peer] = True
+            if events & selectors.EVENT_WRITE and self._pending[sock]:
+                try:
+                    sent = sock.send(self._pending[sock])
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                del self._pending[sock][:sent]
+            for end in (sock, peer):
+                if self._peer_ended[end] and not self._pending[end] and not self._shut[end]:
+                    end.shutdown(socket.SHUT_WR)
+                    self._shut[end] = True
+        except OSError:  # reset, broken pipe: the exchange is over
+            self.close()
+            return
+        if all(self._shut.values()):
+            self.close()
+            return
+        self._update(sock)
+        self._update(peer)
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self._peer:
+            if sock in self._watched:
+                self._selector.unregister(sock)
+            sock.close()
+        self._watched.clear()
+
+
 class Context:
     """The second handler argument: facts about the current call."""
 
@@ -284,6 +479,20 @@ class Context:
 
     def __repr__(self):
         return f"Context(function_name={self.function_name!r}, call_id={self.call_id!r}, deadline_ms={self.deadline_ms!r})"
+
+
+#: The variables HTTP clients (urllib, requests, httpx, curl, pip) read a proxy from.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+def use_egress_proxy(url):
+    """Points every HTTP client at the egress forwarder, set before the handler is
+    imported so clients made at import see it too. `NO_PROXY` is cleared: with no
+    network, a bypassed destination could only fail, and less clearly."""
+    for name in PROXY_VARIABLES:
+        os.environ[name] = url
+    for name in ("NO_PROXY", "no_proxy"):
+        os.environ.pop(name, None)
 
 
 def takes_context(handler):
@@ -439,6 +648,7 @@ class Agent:
         workdir = field(message, "workdir", str, "/app")
         env = field(message, "env", dict, {})
         bundle = field(message, "bundle", str)
+        egress_socket = field(message, "egress_socket", str)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise ProtocolError("init message field 'env' must map strings to strings")
         self.max_log_bytes = field(message, "max_log_bytes", int, DEFAULT_MAX_LOG_BYTES)
@@ -451,6 +661,8 @@ class Agent:
         try:
             os.environ.update(env)
             os.environ["NEWT_FUNCTION"] = function_name
+            if egress_socket is not None:
+                use_egress_proxy(EgressForwarder(egress_socket).url)
             if bundle is not None:
                 import base64  # only needed here; see unpack_bundle
 

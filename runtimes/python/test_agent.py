@@ -13,12 +13,14 @@ import json
 import os
 import selectors
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 import zipfile
@@ -512,6 +514,174 @@ class AgentTest(unittest.TestCase):
                 agent.send_bytes(data)
                 self.assertEqual(agent.finish(), 2)
                 self.assertIn("newt agent: protocol error", agent.stderr())
+
+
+class FakeProxy:
+    """A stand-in for newt's egress proxy on a unix socket: it answers a plain request
+    with 200 and the request line it got (403 for a target containing `denied`), and a
+    CONNECT with 200 then an echo of the tunnel until the client ends its side."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="newt-egress-test-")
+        self.path = os.path.join(self.dir, "egress.sock")
+        self.requests = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(REPLY_TIMEOUT)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, rest = data.split(b"\r\n\r\n", 1)
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.requests.append(line)
+            if line.startswith("CONNECT "):
+                conn.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n" + rest)
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    conn.sendall(chunk)
+                return
+            status, body = (403, "newt egress: denied") if "denied" in line else (200, "saw " + line)
+            body = body.encode()
+            conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                         % (status, len(body), body))
+
+    def close(self):
+        self.listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@unittest.skipIf(IMAGE, "the proxy's socket is on this host; tests/tests/e2e/egress.rs covers the image")
+class EgressTest(unittest.TestCase):
+    start = AgentTest.start
+    ready = AgentTest.ready
+
+    def proxy(self):
+        proxy = FakeProxy()
+        self.addCleanup(proxy.close)
+        return proxy
+
+    def test_egress_socket_points_http_clients_at_the_forwarder(self):
+        proxy = self.proxy()
+        agent = self.ready("""
+            import os, urllib.request
+            AT_IMPORT = os.environ.get("HTTPS_PROXY")
+            def handler(event):
+                names = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"]
+                with urllib.request.urlopen("http://service.test:8080/path?q=1", timeout=10) as answer:
+                    body = answer.read().decode()
+                return {"env": {n: os.environ.get(n) for n in names}, "at_import": AT_IMPORT, "body": body}
+        """, egress_socket=proxy.path, env={"NO_PROXY": "*", "no_proxy": "*"})
+        reply = agent.run("{}")
+        self.assertTrue(reply["ok"], reply)
+        output = json.loads(reply["output"])
+        url = output["env"]["HTTP_PROXY"]
+        self.assertRegex(url, r"^http://127\.0\.0\.1:\d+$")
+        self.assertEqual(output["env"], {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url,
+                                         "https_proxy": url, "NO_PROXY": None, "no_proxy": None})
+        self.assertEqual(output["at_import"], url)
+        # The client spoke to the proxy as to any proxy: an absolute-form request.
+        self.assertEqual(output["body"], "saw GET http://service.test:8080/path?q=1 HTTP/1.1")
+
+    def test_a_refusal_reaches_the_handler_with_its_reason(self):
+        proxy = self.proxy()
+        agent = self.ready("""
+            import urllib.error, urllib.request
+            def handler(event):
+                try:
+                    urllib.request.urlopen("http://denied.test/", timeout=10)
+                except urllib.error.HTTPError as error:
+                    return [error.code, error.read().decode()]
+        """, egress_socket=proxy.path)
+        self.assertEqual(json.loads(agent.run("{}")["output"]), [403, "newt egress: denied"])
+
+    def test_tunnels_carry_bytes_both_ways_with_half_close_and_in_parallel(self):
+        proxy = self.proxy()
+        agent = self.ready("""
+            import hashlib, os, socket, threading
+            def tunnel(size, results, index):
+                host, port = os.environ["HTTPS_PROXY"].rsplit("/", 1)[1].split(":")
+                payload = os.urandom(size)
+                with socket.create_connection((host, int(port)), timeout=10) as conn:
+                    conn.sendall(b"CONNECT api.test:443 HTTP/1.1\\r\\n\\r\\n" + payload)
+                    conn.shutdown(socket.SHUT_WR)
+                    data = b""
+                    while True:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                head, echoed = data.split(b"\\r\\n\\r\\n", 1)
+                results[index] = [head.decode(), hashlib.sha256(echoed).hexdigest() == hashlib.sha256(payload).hexdigest(), len(echoed)]
+            def handler(event):
+                results = [None] * len(event)
+                threads = [threading.Thread(target=tunnel, args=(size, results, i)) for i, size in enumerate(event)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                return results
+        """, egress_socket=proxy.path)
+        # One tunnel far over the forwarder's 64 KiB buffer, several at once.
+        sizes = [3 * 1024 * 1024, 1, 70_000, 0, 5000, 128 * 1024, 10, 65536]
+        reply = agent.run(json.dumps(sizes))
+        self.assertTrue(reply["ok"], reply)
+        for size, (head, same, length) in zip(sizes, json.loads(reply["output"])):
+            self.assertEqual(head, "HTTP/1.1 200 Connection Established")
+            self.assertTrue(same, size)
+            self.assertEqual(length, size)
+        self.assertEqual(proxy.requests.count("CONNECT api.test:443 HTTP/1.1"), len(sizes))
+        # Every pair was closed once both sides ended: the agent holds no more fds than
+        # after a run without tunnels.
+        agent.run("[]")
+        baseline = len(os.listdir("/proc/%d/fd" % agent.process.pid))
+        agent.run(json.dumps([1000] * 20))
+        deadline = time.monotonic() + 5
+        while len(os.listdir("/proc/%d/fd" % agent.process.pid)) > baseline and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(len(os.listdir("/proc/%d/fd" % agent.process.pid)), baseline)
+
+    def test_an_unreachable_proxy_answers_502_saying_so(self):
+        proxy = self.proxy()
+        missing = os.path.join(proxy.dir, "gone.sock")
+        agent = self.ready("""
+            import urllib.error, urllib.request
+            def handler(event):
+                try:
+                    urllib.request.urlopen("http://service.test/", timeout=10)
+                except urllib.error.HTTPError as error:
+                    return [error.code, error.read().decode()]
+        """, egress_socket=missing)
+        code, body = json.loads(agent.run("{}")["output"])
+        self.assertEqual(code, 502)
+        self.assertIn("newt egress: the proxy at %s is unreachable" % missing, body)
+
+    def test_without_egress_socket_nothing_is_set(self):
+        agent = self.ready("""
+            import os, threading
+            def handler(event):
+                return [os.environ.get("HTTP_PROXY"), [t.name for t in threading.enumerate()]]
+        """)
+        proxy_var, threads = json.loads(agent.run("{}")["output"])
+        self.assertEqual(proxy_var, os.environ.get("HTTP_PROXY"))
+        self.assertNotIn("newt-egress", threads)
 
 
 if __name__ == "__main__":

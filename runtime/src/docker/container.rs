@@ -7,7 +7,9 @@
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -18,9 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::egress::{InstanceEgress, MOUNT_POINT};
 use super::engine::{Engine, lost_connection};
 use super::protocol::{AgentMessage, FrameReader, HostMessage, ProtocolError, encode};
 use super::{ContainerRuntime, RunMode};
+use crate::egress::EgressStats;
 use crate::error::{Error, Result};
 use crate::executor::{CallOutcome, CallRequest, CallResult, FunctionSpec};
 use crate::limits::Limits;
@@ -66,6 +70,9 @@ pub struct ContainerInstance {
     /// Set by anything that may have left the container unfit for another call.
     pub(crate) spent: bool,
     removed: bool,
+    /// The directory mounted at `/run/newt` and the egress proxy serving it, when the
+    /// instance may need one (see `docker::egress`). Dropped with the instance.
+    egress: Option<InstanceEgress>,
 }
 
 impl ContainerInstance {
@@ -73,6 +80,8 @@ impl ContainerInstance {
     pub(crate) async fn remove(mut self) {
         remove_on(&self.docker, &self.engine, &self.id).await;
         self.removed = true;
+        // The proxy outlives the container: nothing in it can see its tunnels cut first.
+        self.egress = None;
     }
 
     /// Whether the container may still serve calls: not spent, and started since the
@@ -200,14 +209,21 @@ fn host_config(limits: &Limits, volumes: &[String], workdir: &str) -> HostConfig
 /// Creates, attaches and starts a container, by `deadline`. In agent mode with a
 /// `handler`, also loads the function and waits for the agent to say it is ready;
 /// without one the agent waits for `init` (a runtime-level instance, see [`load`]).
+///
+/// `egress`, when given, is mounted at [`MOUNT_POINT`]; its proxy (if it serves one
+/// already) is announced to the agent in `init`.
 pub(crate) async fn start(
     engine: &Arc<Engine>,
     docker: &Docker,
     what: &Start<'_>,
+    egress: Option<InstanceEgress>,
     deadline: Instant,
 ) -> Result<ContainerInstance> {
-    let started =
-        tokio::time::timeout_at(deadline.into(), start_by(engine, docker, what, deadline)).await;
+    let started = tokio::time::timeout_at(
+        deadline.into(),
+        start_by(engine, docker, what, egress, deadline),
+    )
+    .await;
     started.unwrap_or_else(|_| {
         // The half-started container went with the dropped future (its drop removes it).
         Err(Error::Deadline(format!(
@@ -221,6 +237,7 @@ async fn start_by(
     engine: &Arc<Engine>,
     docker: &Docker,
     what: &Start<'_>,
+    egress: Option<InstanceEgress>,
     deadline: Instant,
 ) -> Result<ContainerInstance> {
     let Start {
@@ -259,6 +276,17 @@ async fn start_by(
     // instance dead, never a survivor of the old engine alive.
     let generation = engine.generation();
     let volumes = super::image::image_volumes(docker, image).await?;
+    let mut host_config = host_config(limits, &volumes, &runtime.path);
+    if let Some(egress) = &egress {
+        // Read-only: the function connects to the socket and can change nothing there.
+        host_config.mounts = Some(vec![Mount {
+            target: Some(MOUNT_POINT.into()),
+            source: Some(egress.dir().to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }]);
+    }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd),
@@ -273,7 +301,7 @@ async fn start_by(
         stdin_once: Some(agent),
         tty: Some(false),
         labels: Some(labels),
-        host_config: Some(host_config(limits, &volumes, &runtime.path)),
+        host_config: Some(host_config),
         ..Default::default()
     };
     // The instance owns the container from before it exists: a caller that vanishes
@@ -290,6 +318,7 @@ async fn start_by(
         memory_mb: limits.memory_mb,
         spent: false,
         removed: false,
+        egress,
     };
     docker
         .create_container(
@@ -385,16 +414,29 @@ fn frame_limit(limits: &Limits) -> usize {
 
 /// Loads a function into a runtime-level instance by `deadline`: its code travels in
 /// `init`, is unpacked by the agent into `workdir` (on the writable /tmp) and
-/// imported. The container then belongs to that function.
+/// imported. The container then belongs to that function. A function with an
+/// `allow_outbound` list gets its egress proxy now, in the directory the instance was
+/// created with.
 pub(crate) async fn load(
     instance: &mut ContainerInstance,
     spec: &FunctionSpec,
     handler: &str,
     workdir: &str,
     bundle: &str,
+    stats: &Arc<EgressStats>,
     deadline: Instant,
 ) -> Result<()> {
     instance.workdir = workdir.to_string();
+    if !spec.allow_outbound.is_empty() {
+        let egress = instance.egress.as_mut().ok_or_else(|| {
+            Error::InstanceStart(
+                "this runtime-level instance has no egress directory for the function's \
+                 allow_outbound list"
+                    .into(),
+            )
+        })?;
+        egress.serve(&spec.allow_outbound, stats)?;
+    }
     init_agent(
         instance,
         &spec.name,
@@ -427,6 +469,11 @@ async fn init_agent(
     deadline: Instant,
 ) -> Result<()> {
     let max_frame = frame_limit(limits);
+    // Announced only when a proxy listens: a function without a list has no socket.
+    let egress_socket = instance
+        .egress
+        .as_ref()
+        .and_then(InstanceEgress::container_socket);
     let init = HostMessage::Init {
         function,
         handler,
@@ -436,6 +483,7 @@ async fn init_agent(
         max_output_bytes: limits.max_output_bytes,
         max_frame_bytes: max_frame as u64,
         bundle,
+        egress_socket,
     };
     if let Some(io) = instance.io.as_mut() {
         io.frames.set_max_frame(max_frame);

@@ -10,6 +10,7 @@
 //! call, input on stdin and result on stdout, so any image can be a runtime.
 
 mod container;
+mod egress;
 mod engine;
 mod image;
 pub(crate) mod protocol;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bundle::{BundleLimits, unpack};
+use crate::egress::EgressStats;
 use crate::error::{Error, Result};
 use crate::executor::{BackendHealth, CallOutcome, CallRequest, Executor, FunctionSpec};
 use crate::limits::Limits;
@@ -356,6 +358,10 @@ pub struct DockerExecutor {
     host_id: String,
     build_limits: BuildLimits,
     builds: BuildQueue,
+    /// Where instances' egress directories are made (`work_dir/egress`).
+    egress_dirs: egress::EgressDirs,
+    /// What every instance's egress proxy counted, for `/metrics`.
+    egress_stats: Arc<EgressStats>,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -383,11 +389,26 @@ impl DockerExecutor {
         DockerExecutor {
             engine: engine::Engine::new(address),
             runtimes: DashMap::from_iter([(python.name.clone(), python)]),
+            egress_dirs: egress::EgressDirs::new(&config.work_dir),
+            egress_stats: Arc::new(EgressStats::default()),
             work_dir: config.work_dir,
             host_id: config.host_id,
             builds: BuildQueue::new(&build_limits),
             build_limits,
         }
+    }
+
+    /// What the egress proxies of this executor's instances counted: connections
+    /// allowed, requests denied, allowed destinations that could not be reached.
+    pub fn egress_stats(&self) -> Arc<EgressStats> {
+        self.egress_stats.clone()
+    }
+
+    /// Whether the engine shares this host's filesystem (a unix socket), so a
+    /// directory made here can be bind-mounted into its containers. A remote engine
+    /// (`tcp://`) cannot be given an egress socket.
+    fn engine_is_local(&self) -> bool {
+        self.engine.address.starts_with("unix://")
     }
 
     /// Changes the limits of image builds from their defaults ([`BuildLimits`]) and
@@ -745,6 +766,22 @@ impl Executor for DockerExecutor {
         deadline: Instant,
     ) -> Result<ContainerInstance> {
         let docker = self.docker().await?;
+        // A function with an allow-list gets its proxy before its container starts;
+        // one without gets no directory, no socket: no network at all.
+        let egress = if spec.allow_outbound.is_empty() {
+            None
+        } else {
+            if !self.engine_is_local() {
+                return Err(Error::InstanceStart(format!(
+                    "{} has an allow_outbound list, but the Docker engine at {} is not on \
+                     this host: its egress proxy's socket cannot be mounted into the container",
+                    spec.name, self.engine.address
+                )));
+            }
+            let mut egress = self.egress_dirs.instance()?;
+            egress.serve(&spec.allow_outbound, &self.egress_stats)?;
+            Some(egress)
+        };
         container::start(
             &self.engine,
             docker,
@@ -756,6 +793,7 @@ impl Executor for DockerExecutor {
                 handler: Some(&prepared.handler),
                 host_id: &self.host_id,
             },
+            egress,
             deadline,
         )
         .await
@@ -772,7 +810,14 @@ impl Executor for DockerExecutor {
             .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
         let docker = self.docker().await?;
         self.ensure_image_on(docker, &runtime).await?;
-        // Generic instances are started with the default limits and no code.
+        // Generic instances are started with the default limits and no code, and
+        // (with a local engine) an empty egress directory: the function that claims
+        // one may have an allow-list, whose proxy then listens there (see `load`).
+        let egress = if self.engine_is_local() {
+            Some(self.egress_dirs.instance()?)
+        } else {
+            None
+        };
         container::start(
             &self.engine,
             docker,
@@ -784,13 +829,17 @@ impl Executor for DockerExecutor {
                 handler: None,
                 host_id: &self.host_id,
             },
+            egress,
             deadline,
         )
         .await
     }
 
     fn can_load(&self, spec: &FunctionSpec, prepared: &ContainerPrepared) -> bool {
-        prepared.generic_bundle.is_some() && spec.limits == Limits::default()
+        prepared.generic_bundle.is_some()
+            && spec.limits == Limits::default()
+            // Without a local engine generic instances have no egress directory.
+            && (spec.allow_outbound.is_empty() || self.engine_is_local())
     }
 
     async fn load(
@@ -810,6 +859,7 @@ impl Executor for DockerExecutor {
             &prepared.handler,
             GENERIC_WORKDIR,
             bundle,
+            &self.egress_stats,
             deadline,
         )
         .await

@@ -32,6 +32,10 @@ pub(crate) enum HostMessage<'a> {
         /// repacked from the validated tree, unpacked by the agent into `workdir`.
         #[serde(skip_serializing_if = "Option::is_none")]
         bundle: Option<&'a str>,
+        /// Where the function's egress proxy listens inside the container, when it
+        /// has an `allow_outbound` list: the agent points `HTTP(S)_PROXY` there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        egress_socket: Option<&'a str>,
     },
     /// Run one call. `input` is the raw input when it is UTF-8; otherwise it is
     /// empty and `input_b64` carries the exact bytes. The agent parses it as JSON.

@@ -34,6 +34,8 @@ enum Command {
     Delete(commands::delete::DeleteArgs),
     /// Show every pool: instances idle, busy, starting; calls waiting; start kinds.
     Pools(commands::pools::PoolsArgs),
+    /// Expose functions on HTTP paths: add, list or remove routes.
+    Route(commands::route::RouteArgs),
     /// List, register or remove container runtimes.
     Runtimes(commands::runtimes::RuntimesArgs),
     /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
@@ -77,6 +79,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Delete(args) => commands::delete::run(args).await,
             Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Pools(args) => commands::pools::run(args).await,
+            Command::Route(args) => commands::route::run(args).await,
             Command::Serve(_) | Command::Build(_) | Command::New(_) | Command::Bench(_) => {
                 unreachable!("handled before the client runtime starts")
             }

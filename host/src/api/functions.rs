@@ -355,7 +355,7 @@ pub async fn invoke(
     }
 }
 
-fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub(super) fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
@@ -364,6 +364,7 @@ fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
 /// The response to a finished sync call: the output itself on success, an error
 /// otherwise; headers say which call it was and how it started.
 fn outcome_response(call_id: &str, outcome: CallOutcome) -> Response {
+    let (start, timings) = (outcome.start, outcome.timings);
     let mut response = match outcome.result {
         CallResult::Done => {
             let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&outcome.output).is_ok();
@@ -381,7 +382,19 @@ fn outcome_response(call_id: &str, outcome: CallOutcome) -> Response {
         CallResult::Failed(message) => ApiError::FunctionFailed(message).into_response(),
         CallResult::Timeout(message) => ApiError::Timeout(message).into_response(),
     };
-    let t = outcome.timings;
+    call_headers(response.headers_mut(), call_id, start, timings);
+    response
+}
+
+/// The headers of every answer to a call that ran: which call it was, how it
+/// started, where the time went.
+pub(super) fn call_headers(
+    headers: &mut HeaderMap,
+    call_id: &str,
+    start: newt_runtime::StartKind,
+    timings: newt_runtime::Timings,
+) {
+    let t = timings;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     let timing = format!(
         "queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}",
@@ -389,14 +402,9 @@ fn outcome_response(call_id: &str, outcome: CallOutcome) -> Response {
         ms(t.init),
         ms(t.exec)
     );
-    let headers = response.headers_mut();
     insert_header(headers, "x-newt-call-id", call_id);
-    headers.insert(
-        "x-newt-start",
-        HeaderValue::from_static(outcome.start.as_str()),
-    );
+    headers.insert("x-newt-start", HeaderValue::from_static(start.as_str()));
     insert_header(headers, "server-timing", &timing);
-    response
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod error;
 mod functions;
 pub mod guard;
 pub mod listen;
+pub mod routes;
 mod runtimes;
 mod seed;
 
@@ -16,12 +17,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::HeaderMap;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use serde_json::json;
 use std::sync::Arc;
 
 use crate::service::SharedService;
-use error::ApiError;
 use guard::{BodyLimit, HttpOptions};
 
 /// The whole HTTP application over `state`, with the default [`HttpOptions`] (any
@@ -73,6 +73,13 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         )
         .route("/pools", get(functions::pools))
         .route(
+            "/routes",
+            get(routes::list)
+                .put(routes::add.layer(json()))
+                .post(routes::add.layer(json()))
+                .delete(routes::remove),
+        )
+        .route(
             "/runtimes",
             get(runtimes::list).post(runtimes::create.layer(json())),
         )
@@ -112,9 +119,30 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    // Functions over plain HTTP: every function at /fn/{name}, behind the same token.
+    let functions_over_http = Router::new()
+        .route("/fn/{name}", any(routes::serve_function.layer(input())))
+        .route("/fn/{name}/", any(routes::serve_function.layer(input())))
+        .route(
+            "/fn/{name}/{*path}",
+            any(routes::serve_function.layer(input())),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    // Routes added with `newt route add` are served from the fallback, so no route can
+    // take a path the API serves.
+    let routed = routes::serve_route
+        .layer(input())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::route_request,
+        ));
     Router::new()
         .nest("/v1", v1)
         .merge(seed)
+        .merge(functions_over_http)
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
@@ -122,7 +150,7 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
                 axum::middleware::from_fn_with_state(state.clone(), auth::require_token),
             ),
         )
-        .fallback(not_found)
+        .fallback(routed)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(options),
@@ -168,8 +196,4 @@ async fn metrics(
         )],
         text,
     )
-}
-
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no route for {}", uri.path()))
 }

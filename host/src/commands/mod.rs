@@ -10,5 +10,6 @@ pub mod functions;
 pub mod invoke;
 pub mod new;
 pub mod pools;
+pub mod route;
 pub mod runtimes;
 pub mod serve;

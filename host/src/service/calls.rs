@@ -11,7 +11,7 @@
 //! get the grace period to finish.
 
 use bytes::Bytes;
-use newt_runtime::{CallOutcome, CallRequest, FunctionSpec};
+use newt_runtime::{CallOutcome, CallRequest, FunctionSpec, HttpRequest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -108,7 +108,7 @@ impl Service {
         })
     }
 
-    fn new_call(
+    pub(super) fn new_call(
         &self,
         spec: &FunctionSpec,
         input: Bytes,
@@ -148,7 +148,7 @@ impl Service {
         let spec = self.serving(name)?;
         let record = self.new_call(&spec, input, false, caller);
         let (call_id, num) = (record.id.clone(), record.num);
-        let outcome = self.run_call(record, &spec).await;
+        let outcome = self.run_call(record, &spec, None).await;
         Ok(Invoked {
             call_id,
             num,
@@ -239,7 +239,7 @@ impl Service {
             };
             match service.registry.serving(&record.function) {
                 Some(spec) => {
-                    if let Err(e) = service.run_call(record, &spec).await {
+                    if let Err(e) = service.run_call(record, &spec, None).await {
                         tracing::warn!("async call failed to run: {e}");
                     }
                 }
@@ -264,11 +264,12 @@ impl Service {
     /// start is durable before it runs, so that after a crash the store knows this
     /// attempt began: the restart then runs it again as its next attempt instead of
     /// running it a second time unrecorded. If that write fails, the call fails
-    /// without running.
-    async fn run_call(
+    /// without running. `http` is the request of a call that came in on a route.
+    pub(super) async fn run_call(
         self: &Arc<Self>,
         mut record: CallRecord,
         spec: &Arc<FunctionSpec>,
+        http: Option<Arc<HttpRequest>>,
     ) -> Result<CallOutcome, newt_runtime::Error> {
         let started = Instant::now();
         let deadline = started + spec.limits.timeout();
@@ -278,7 +279,7 @@ impl Service {
         let request = CallRequest {
             call_id: record.id.clone(),
             input: Bytes::copy_from_slice(&record.input),
-            http: None,
+            http,
         };
         // The guard exists before the first await: from here on, a dropped call is
         // recorded as cancelled.

@@ -13,6 +13,7 @@
 mod calls;
 mod deploy;
 mod registry;
+pub mod routes;
 mod runtimes;
 
 use newt_runtime::{ContainerRuntime, Invoker, Limits};
@@ -116,6 +117,8 @@ pub struct Service {
     pub registry: Registry,
     /// Counters for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The HTTP routes in force.
+    pub routes: routes::RouteTable,
     /// Server settings.
     pub config: ServerConfig,
     /// Serialises deploys, policy changes and deletes, so versions are assigned in
@@ -193,7 +196,9 @@ impl Service {
             };
             registry.load(version, ready);
         }
+        let routes = routes::RouteTable::new(store.routes().await?);
         let service = Arc::new(Service {
+            routes,
             store,
             invoker,
             registry,

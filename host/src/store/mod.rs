@@ -1,6 +1,6 @@
 //! The host's durable state, behind the [`Store`] trait.
 //!
-//! The store holds three things:
+//! The store holds four things:
 //! - **function versions**: every deployed version of every function, with its bundle
 //!   digest, config (limits and policy, opaque JSON) and build status. Deleting a
 //!   function hides its versions; their numbers are never reused for that name.
@@ -8,6 +8,7 @@
 //!   runtime policies), as their JSON definition.
 //! - **call records**: one per invocation, updated as the call moves from accepted to
 //!   running to a final status, and kept after the function is deleted.
+//! - **routes**: HTTP path prefixes served by a function ([`StoredRoute`]).
 //!
 //! SQL stays behind the trait: callers see only plain values ([`FunctionVersion`],
 //! [`CallRecord`], ...), never a connection, row or SQL type, so a second
@@ -37,6 +38,20 @@ pub use types::{
     CallFilter, CallRecord, CallStatus, FunctionVersion, MAX_ASYNC_ATTEMPTS, Recovery,
     VersionStatus,
 };
+
+/// An HTTP route as stored: requests under `path` (a prefix, whole segments) go to
+/// `function` when their method is in `methods` (empty: any method).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredRoute {
+    /// The path prefix, starting with `/`, without a trailing `/` (except `/` itself).
+    pub path: String,
+    /// The function that serves it.
+    pub function: String,
+    /// Upper-case methods; empty: any.
+    pub methods: Vec<String>,
+    /// When it was added (Unix ms).
+    pub created_at: i64,
+}
 
 /// The store as the server holds it.
 pub type SharedStore = Arc<dyn Store>;
@@ -99,6 +114,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Removes a saved runtime; `false` if there was none.
     async fn delete_runtime(&self, name: &str) -> Result<bool>;
+
+    /// Saves an HTTP route, replacing the one at the same path; `true` if the path
+    /// had none.
+    async fn put_route(&self, route: &StoredRoute) -> Result<bool>;
+
+    /// Every HTTP route, by path.
+    async fn routes(&self) -> Result<Vec<StoredRoute>>;
+
+    /// Removes the HTTP route at `path`; `false` if there was none.
+    async fn delete_route(&self, path: &str) -> Result<bool>;
 
     /// The next call number: strictly increasing, above every number already recorded.
     fn next_call_num(&self) -> i64;

@@ -14,5 +14,6 @@ mod limits;
 mod pools;
 mod pools_python;
 mod restart;
+mod routes;
 mod seed;
 mod support;

@@ -8,6 +8,7 @@
 //! writer; reads of calls flush the queue first so a caller sees its own writes.
 
 mod calls;
+mod routes;
 mod runtimes;
 mod schema;
 mod versions;
@@ -22,7 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
-use super::{CallFilter, CallRecord, FunctionVersion, Recovery, Store, VersionStatus};
+use super::{
+    CallFilter, CallRecord, FunctionVersion, Recovery, Store, StoredRoute, VersionStatus,
+};
 use writer::Writer;
 pub(crate) use writer::is_sqlite_full;
 
@@ -225,6 +228,20 @@ impl Store for SqliteStore {
     async fn delete_runtime(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         self.write(move |conn| runtimes::delete(conn, &name)).await
+    }
+
+    async fn put_route(&self, route: &StoredRoute) -> Result<bool> {
+        let route = route.clone();
+        self.write(move |conn| routes::put(conn, &route)).await
+    }
+
+    async fn routes(&self) -> Result<Vec<StoredRoute>> {
+        self.read(routes::all).await
+    }
+
+    async fn delete_route(&self, path: &str) -> Result<bool> {
+        let path = path.to_owned();
+        self.write(move |conn| routes::delete(conn, &path)).await
     }
 
     fn next_call_num(&self) -> i64 {

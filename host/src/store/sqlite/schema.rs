@@ -57,6 +57,14 @@ const MIGRATIONS: &[&str] = &[
     // running are started again, and their record says how many times. Every call
     // recorded before this was on its first.
     "ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;",
+    // 5: HTTP routes (`newt route add`): a path prefix served by a function, with the
+    // methods it accepts as a JSON array (empty: any).
+    "CREATE TABLE IF NOT EXISTS routes (
+        path       TEXT    PRIMARY KEY,
+        function   TEXT    NOT NULL,
+        methods    TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// Applies the migrations this database has not seen yet, each in its own transaction.

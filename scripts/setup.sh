@@ -3,8 +3,9 @@
 # `make guests`) and `.ci/run` start with it, so the README's two commands work on a
 # fresh machine:
 #
-#   scripts/setup.sh              add the wasm32-wasip1 target if missing; say at once
-#                                 what else is missing and what that disables
+#   scripts/setup.sh              add the wasm32-wasip1 and wasm32-wasip2 targets if
+#                                 missing; say at once what else is missing and what
+#                                 that disables
 #   scripts/setup.sh --install    the same, and install debootstrap with apt-get (CI)
 #
 # Without the wasm32-wasip1 target nothing builds, so its absence is an error. Without
@@ -43,6 +44,21 @@ if ! wasm_target_installed; then
             -C "$(rustc --print sysroot)/lib/rustlib"
     fi
     wasm_target_installed || { echo "wasm32-wasip1 target still missing" >&2; exit 1; }
+fi
+
+# wasi:http components (`newt bench`'s http-hello, the component tests) are built for
+# wasm32-wasip2. Without it only those are skipped, so its absence is a warning.
+wasip2_installed() {
+    local libdir
+    libdir="$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2/lib"
+    [ -d "$libdir" ] && [ -n "$(ls -A "$libdir" 2>/dev/null)" ]
+}
+if ! wasip2_installed; then
+    say "the wasm32-wasip2 target is missing: adding it (rustup target add wasm32-wasip2)"
+    if ! rustup target add wasm32-wasip2 || ! wasip2_installed; then
+        say "WARNING: could not add wasm32-wasip2: wasi:http component tests and the"
+        say "  bench's wasmtime-serve row are skipped here (in CI the component tests fail)."
+    fi
 fi
 
 # The python runtime's base image is built from Debian's packages with debootstrap

@@ -1,4 +1,4 @@
-//! On-disk cache of compiled modules.
+//! On-disk cache of compiled modules and components.
 //!
 //! Compiling a Rust guest takes ~150 ms; loading the serialized artifact takes ~0.2 ms
 //! (it is mmapped). Artifacts are named by bundle digest and engine fingerprint: an
@@ -8,7 +8,8 @@
 use sha2::{Digest as _, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use wasmtime::{Engine, Module};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module, Precompiled};
 
 use crate::cas::{Digest, write_atomically};
 use crate::error::{Error, Result};
@@ -18,6 +19,15 @@ use crate::error::{Error, Result};
 pub(crate) struct ModuleCache {
     dir: PathBuf,
     fingerprint: String,
+}
+
+/// What a bundle compiles to: a WASI preview 1 module or a component (wasi:http).
+/// The cache, the executor's prepared versions and its instances each hold one of the
+/// two, not two code paths.
+#[derive(Clone)]
+pub(crate) enum Artifact {
+    Module(Module),
+    Component(Component),
 }
 
 /// Whether a module came from the cache or was compiled now.
@@ -41,31 +51,45 @@ impl ModuleCache {
             .join(format!("{}-{}.cwasm", digest.as_str(), self.fingerprint))
     }
 
-    /// Loads the module for `digest` from the cache, or compiles `bundle` and stores
-    /// the result. Blocking: call from a blocking thread.
+    /// Loads the module or component for `digest` from the cache, or compiles `bundle`
+    /// and stores the result. Blocking: call from a blocking thread.
     pub(crate) fn load_or_compile(
         &self,
         engine: &Engine,
         digest: &Digest,
         bundle: &Path,
-    ) -> Result<(Module, Source)> {
+    ) -> Result<(Artifact, Source)> {
         let artifact = self.artifact(digest);
         if artifact.is_file() {
-            // SAFETY: the artifact was written by this cache (through a temp file and a
-            // rename, so never partially) from `Module::serialize` of an engine with
-            // the same fingerprint; nothing else writes into newt's cache directory.
-            match unsafe { Module::deserialize_file(engine, &artifact) } {
-                Ok(module) => return Ok((module, Source::Cache)),
+            // The artifact's header says which of the two it holds.
+            let loaded = match Engine::detect_precompiled_file(&artifact) {
+                // SAFETY (both): the artifact was written by this cache (through a temp
+                // file and a rename, so never partially) from `serialize` of an engine
+                // with the same fingerprint; nothing else writes into newt's cache.
+                Ok(Some(Precompiled::Module)) => {
+                    unsafe { Module::deserialize_file(engine, &artifact) }.map(Artifact::Module)
+                }
+                Ok(Some(Precompiled::Component)) => {
+                    unsafe { Component::deserialize_file(engine, &artifact) }
+                        .map(Artifact::Component)
+                }
+                Ok(None) => Err(wasmtime::Error::msg("not a compiled artifact")),
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(loaded) => return Ok((loaded, Source::Cache)),
                 Err(e) => {
                     tracing::warn!(path = %artifact.display(), "unusable cached module, recompiling: {e:#}");
                 }
             }
         }
         let bytes = std::fs::read(bundle).map_err(|e| Error::io("reading", bundle, e))?;
-        let module = compile(engine, &bytes)?;
-        let serialized = module
-            .serialize()
-            .map_err(|e| Error::Internal(anyhow::anyhow!("serializing module: {e}")))?;
+        let compiled = compile(engine, &bytes)?;
+        let serialized = match &compiled {
+            Artifact::Module(module) => module.serialize(),
+            Artifact::Component(component) => component.serialize(),
+        }
+        .map_err(|e| Error::Internal(anyhow::anyhow!("serializing module: {e}")))?;
         if let Err(e) = write_atomically(&self.dir.join("tmp"), &artifact, &serialized) {
             // The cache is an optimisation: a module that compiled runs, so a cache we
             // cannot write (a full disk, say) only costs a compile after a restart; it
@@ -76,30 +100,31 @@ impl ModuleCache {
                  again): {e}"
             );
         }
-        Ok((module, Source::Compiled))
+        Ok((compiled, Source::Compiled))
     }
 }
 
-/// Compiles wasm bytes, turning compiler errors into a message for the deployer.
-pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module> {
+/// Compiles wasm bytes (a module or a component), turning compiler errors into a
+/// message for the deployer.
+pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> Result<Artifact> {
     if !bytes.starts_with(b"\0asm") {
         return Err(Error::InvalidBundle(
             "not a WebAssembly module (it does not start with the \\0asm magic bytes)".into(),
         ));
     }
     if is_component(bytes) {
-        return Err(Error::InvalidBundle(
-            "this is a WebAssembly component; newt runs WASI preview 1 modules: build with \
-             --target wasm32-wasip1"
-                .into(),
-        ));
+        return Component::new(engine, bytes)
+            .map(Artifact::Component)
+            .map_err(|e| Error::InvalidBundle(format!("component does not compile: {e:#}")));
     }
     Module::new(engine, bytes)
+        .map(Artifact::Module)
         .map_err(|e| Error::InvalidBundle(format!("module does not compile: {e:#}")))
 }
 
-/// A component has the same magic but layer 1 in bytes 6..8 of the header.
-fn is_component(bytes: &[u8]) -> bool {
+/// A component has the same magic as a module but layer 1 in bytes 6..8 of the header
+/// (what `wasmparser::Parser::is_component` checks).
+pub(crate) fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6..8] == [1, 0]
 }
 
@@ -140,6 +165,9 @@ mod tests {
         for _ in 0..2 {
             let (module, source) = cache.load_or_compile(&engine, &digest, &bundle).unwrap();
             assert_eq!(source, Source::Compiled);
+            let Artifact::Module(module) = module else {
+                panic!("a core module compiled as a component")
+            };
             assert!(module.get_export("_start").is_some());
         }
         let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))

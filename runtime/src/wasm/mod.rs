@@ -1,4 +1,5 @@
-//! The wasm executor: WASI preview 1 modules run in-process on wasmtime.
+//! The wasm executor: WASI preview 1 modules and wasi:http components run in-process
+//! on wasmtime.
 //!
 //! One [`wasmtime::Engine`] per process, with the pooling instance allocator (instance
 //! slots are reused, memories are copy-on-write images: instantiation is tens of
@@ -7,11 +8,17 @@
 //! linked against WASI); every call gets a fresh instance from it, so no state leaks
 //! between calls.
 //!
-//! The guest ABI: input on stdin, output on stdout, logs on stderr, exit code 0 for
+//! The module ABI: input on stdin, output on stdout, logs on stderr, exit code 0 for
 //! success. The guest sees two environment variables (`NEWT_FUNCTION`,
 //! `NEWT_CALL_ID`), no arguments, no files and no sockets.
+//!
+//! A component (the `wasi:http/proxy` world) gets the call as an HTTP request and
+//! answers with status, headers and body ([`component`]). Which of the two a bundle
+//! is, is read from its header; from there on one enum ([`cache::Artifact`], `Pre`,
+//! [`WasmInstance`]) carries either through the same cache, pools and limits.
 
 mod cache;
+mod component;
 mod pipes;
 
 use async_trait::async_trait;
@@ -20,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
@@ -27,13 +35,17 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::cas::Digest;
+use crate::egress::EgressStats;
 use crate::error::{Error, Result};
 use crate::executor::{
     BackendHealth, CallOutcome, CallRequest, CallResult, Executor, FunctionSpec,
 };
 use crate::limits::MAX_MEMORY_MB;
+use cache::Artifact;
+use component::{ComponentGuest, Egress};
 use pipes::{CappedPipe, Overflow};
 
 pub(crate) use cache::Source as ModuleSource;
@@ -72,6 +84,13 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 const MAX_MEMORIES: usize = 1;
 const MAX_TABLES: usize = 1;
 
+/// The same for a component, all its core instances together: the pooling
+/// allocator's per-component defaults. A Rust wasm32-wasip2 component has a few core
+/// instances (the program, its WASI adapter shims) and one or two memories.
+const COMPONENT_MAX_INSTANCES: usize = 20;
+const COMPONENT_MAX_MEMORIES: usize = 20;
+const COMPONENT_MAX_TABLES: usize = 20;
+
 /// The longest a module may take to compile; past it the deploy is refused (422).
 /// An 80 KB Rust guest compiles in ~0.15 s here; a hostile module could take minutes.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,14 +121,31 @@ struct GuestLimiter {
     /// Bytes of linear memory the instance holds, all memories together.
     used: usize,
     denied: Option<usize>,
+    instances: usize,
+    memories: usize,
+    tables: usize,
 }
 
 impl GuestLimiter {
+    /// A module's: one instance, one memory, one table.
     fn new(max_memory: usize) -> Self {
         GuestLimiter {
             max_memory,
             used: 0,
             denied: None,
+            instances: 1,
+            memories: MAX_MEMORIES,
+            tables: MAX_TABLES,
+        }
+    }
+
+    /// A component's: the memory limit covers all its core instances together.
+    fn for_component(max_memory: usize) -> Self {
+        GuestLimiter {
+            instances: COMPONENT_MAX_INSTANCES,
+            memories: COMPONENT_MAX_MEMORIES,
+            tables: COMPONENT_MAX_TABLES,
+            ..GuestLimiter::new(max_memory)
         }
     }
 }
@@ -132,15 +168,15 @@ impl ResourceLimiter for GuestLimiter {
     }
 
     fn instances(&self) -> usize {
-        1
+        self.instances
     }
 
     fn memories(&self) -> usize {
-        MAX_MEMORIES
+        self.memories
     }
 
     fn tables(&self) -> usize {
-        MAX_TABLES
+        self.tables
     }
 
     fn table_growing(
@@ -153,9 +189,16 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
+/// A function version ready to instantiate: a module linked against WASI preview 1,
+/// or a component linked against the wasi:http proxy world.
+enum Pre {
+    Module(InstancePre<Guest>),
+    Component(ProxyPre<ComponentGuest>),
+}
+
 /// A function version ready to instantiate.
 pub struct WasmPrepared {
-    pre: InstancePre<Guest>,
+    pre: Pre,
     /// Whether the module came from the on-disk cache or was compiled now.
     source: ModuleSource,
 }
@@ -165,20 +208,37 @@ impl WasmPrepared {
     pub fn compiled(&self) -> bool {
         self.source == ModuleSource::Compiled
     }
+
+    /// `true` for a wasi:http component, `false` for a preview 1 module.
+    pub fn is_component(&self) -> bool {
+        matches!(self.pre, Pre::Component(_))
+    }
 }
 
 /// One instantiated guest, waiting for its call.
-pub struct WasmInstance {
-    store: Store<Guest>,
-    start: TypedFunc<(), ()>,
+pub struct WasmInstance(Instance);
+
+enum Instance {
+    /// A preview 1 module and its `_start`.
+    Module {
+        store: Store<Guest>,
+        start: TypedFunc<(), ()>,
+    },
+    /// A wasi:http component.
+    Component {
+        store: Store<ComponentGuest>,
+        proxy: Proxy,
+    },
 }
 
-/// Runs WASI preview 1 modules on wasmtime.
+/// Runs WASI preview 1 modules and wasi:http components on wasmtime.
 pub struct WasmExecutor {
     engine: Engine,
     compiles: Arc<tokio::sync::Semaphore>,
     linker: Arc<Linker<Guest>>,
+    component_linker: Arc<ComponentLinker<ComponentGuest>>,
     cache: cache::ModuleCache,
+    egress: Arc<EgressStats>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -260,6 +320,13 @@ impl WasmExecutor {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |g: &mut Guest| &mut g.wasi)
             .map_err(wasm_internal)?;
+        // What `wasmtime serve` links: all of WASI preview 2 (a Rust wasm32-wasip2
+        // program imports wasi:cli and wasi:filesystem even when it never uses them)
+        // and wasi:http. The context grants nothing: no files, no sockets.
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(wasm_internal)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
+            .map_err(wasm_internal)?;
         let cache = cache::ModuleCache::open(config.cache_dir, &engine)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -278,9 +345,17 @@ impl WasmExecutor {
             engine,
             compiles: Arc::new(tokio::sync::Semaphore::new(COMPILES_AT_ONCE)),
             linker: Arc::new(linker),
+            component_linker: Arc::new(component_linker),
             cache,
+            egress: Arc::new(EgressStats::default()),
             ticker_stop,
         })
+    }
+
+    /// The counters of components' outgoing requests (allowed, denied, failed), for
+    /// the host's metrics.
+    pub fn egress_stats(&self) -> &Arc<EgressStats> {
+        &self.egress
     }
 }
 
@@ -321,7 +396,8 @@ impl Executor for WasmExecutor {
         if !bundle.starts_with(b"\0asm") {
             return Err(Error::InvalidBundle(
                 "the body is not a WebAssembly module (it does not start with \\0asm): send \
-                 the .wasm file built for wasm32-wasip1"
+                 the .wasm file built for wasm32-wasip1 (or a wasi:http component built for \
+                 wasm32-wasip2)"
                     .into(),
             ));
         }
@@ -331,8 +407,12 @@ impl Executor for WasmExecutor {
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<WasmPrepared> {
         let digest = Digest::parse(&spec.digest)
             .ok_or_else(|| Error::InvalidBundle(format!("bad digest {:?}", spec.digest)))?;
-        let (engine, linker, cache) =
-            (self.engine.clone(), self.linker.clone(), self.cache.clone());
+        let (engine, linker, component_linker, cache) = (
+            self.engine.clone(),
+            self.linker.clone(),
+            self.component_linker.clone(),
+            self.cache.clone(),
+        );
         let bundle = bundle.to_path_buf();
         let _compiling = self
             .compiles
@@ -345,7 +425,17 @@ impl Executor for WasmExecutor {
         // slot stays taken until it does, so such modules cannot pile up).
         let compiling = tokio::task::spawn_blocking(move || {
             let _slot = _compiling;
-            let (module, source) = cache.load_or_compile(&engine, &digest, &bundle)?;
+            let (module, source) = match cache.load_or_compile(&engine, &digest, &bundle)? {
+                (Artifact::Module(module), source) => (module, source),
+                (Artifact::Component(component), source) => {
+                    let pre = component::proxy_pre(component_linker.instantiate_pre(&component))
+                        .map_err(Error::InvalidBundle)?;
+                    return Ok(WasmPrepared {
+                        pre: Pre::Component(pre),
+                        source,
+                    });
+                }
+            };
             match module.get_export("_start") {
                 Some(wasmtime::ExternType::Func(f))
                     if f.params().len() == 0 && f.results().len() == 0 => {}
@@ -372,7 +462,10 @@ impl Executor for WasmExecutor {
                      available): {e:#}"
                 ))
             })?;
-            Ok(WasmPrepared { pre, source })
+            Ok(WasmPrepared {
+                pre: Pre::Module(pre),
+                source,
+            })
         });
         match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
             Ok(done) => {
@@ -391,50 +484,53 @@ impl Executor for WasmExecutor {
         prepared: &Arc<WasmPrepared>,
         deadline: Instant,
     ) -> Result<WasmInstance> {
-        let mut store = Store::new(
-            &self.engine,
-            Guest {
-                wasi: idle_wasi(),
-                limiter: GuestLimiter::new(spec.limits.memory_bytes()),
-            },
-        );
-        store.limiter(|g| &mut g.limiter);
-        // A start function is the guest's code too: it yields at every epoch tick and
-        // is stopped at the call's deadline, so a looping one cannot pin a worker.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        let instantiated =
-            tokio::time::timeout_at(deadline.into(), prepared.pre.instantiate_async(&mut store))
-                .await
-                .map_err(|_| {
-                    Error::Deadline(format!(
-                        "the call ran past its deadline of {} ms while the module's start \
-                         function ran",
-                        spec.limits.timeout_ms
-                    ))
-                })?;
-        let instance = instantiated.map_err(|e| {
-            if let Some(asked) = store.data().limiter.denied {
-                Error::InvalidBundle(format!(
-                    "the module's memory ({} MiB) is above its memory limit of {} MiB",
-                    asked >> 20,
-                    spec.limits.memory_mb
-                ))
-            } else if e.to_string().contains("maximum concurrent") {
-                Error::AtCapacity {
-                    function: spec.name.clone(),
-                    reason: format!("all {POOL_SLOTS} wasm instance slots are in use"),
-                }
-            } else if let Some(trap) = e.downcast_ref::<Trap>() {
-                Error::InstanceStart(format!("the module's start function trapped: {trap}"))
-            } else {
-                Error::Internal(anyhow::anyhow!("instantiating: {e:#}"))
+        let starting = || {
+            Error::Deadline(format!(
+                "the call ran past its deadline of {} ms while the module's start function ran",
+                spec.limits.timeout_ms
+            ))
+        };
+        match &prepared.pre {
+            Pre::Module(pre) => {
+                let mut store = Store::new(
+                    &self.engine,
+                    Guest {
+                        wasi: idle_wasi(),
+                        limiter: GuestLimiter::new(spec.limits.memory_bytes()),
+                    },
+                );
+                store.limiter(|g| &mut g.limiter);
+                arm_epoch(&mut store);
+                let instantiated =
+                    tokio::time::timeout_at(deadline.into(), pre.instantiate_async(&mut store))
+                        .await
+                        .map_err(|_| starting())?;
+                let instance = instantiated
+                    .map_err(|e| instantiate_error(&e, store.data().limiter.denied, spec))?;
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(wasm_internal)?;
+                Ok(WasmInstance(Instance::Module { store, start }))
             }
-        })?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(wasm_internal)?;
-        Ok(WasmInstance { store, start })
+            Pre::Component(pre) => {
+                let mut store = Store::new(
+                    &self.engine,
+                    ComponentGuest::new(
+                        GuestLimiter::for_component(spec.limits.memory_bytes()),
+                        Egress::new(spec.allow_outbound.clone(), self.egress.clone()),
+                    ),
+                );
+                store.limiter(|g| &mut g.limiter);
+                arm_epoch(&mut store);
+                let instantiated =
+                    tokio::time::timeout_at(deadline.into(), pre.instantiate_async(&mut store))
+                        .await
+                        .map_err(|_| starting())?;
+                let proxy = instantiated
+                    .map_err(|e| instantiate_error(&e, store.data().limiter.denied, spec))?;
+                Ok(WasmInstance(Instance::Component { store, proxy }))
+            }
+        }
     }
 
     async fn invoke(
@@ -445,8 +541,55 @@ impl Executor for WasmExecutor {
         deadline: Instant,
     ) -> Result<CallOutcome> {
         let limits = &spec.limits;
-        let stdout = CappedPipe::new(limits.max_output_bytes as usize, Overflow::Trap);
         let stderr = CappedPipe::new(limits.max_log_bytes as usize, Overflow::Truncate);
+        let (store, start) = match &mut instance.0 {
+            Instance::Module { store, start } => (store, start),
+            Instance::Component { store, proxy } => {
+                // As for modules: the function's configuration and secrets, then
+                // newt's own names.
+                let mut ctx = wasmtime_wasi::WasiCtx::builder();
+                for (name, value) in spec.env.iter() {
+                    ctx.env(name, value);
+                }
+                ctx.stderr(stderr.clone())
+                    .env("NEWT_FUNCTION", &spec.name)
+                    .env("NEWT_CALL_ID", &call.call_id)
+                    .allow_tcp(false)
+                    .allow_udp(false)
+                    .allow_ip_name_lookup(false);
+                store.set_epoch_deadline(1);
+                // As for modules, the deadline drops the call's future: that stops a
+                // guest looping (at its next epoch yield) or waiting in a host call.
+                let ran = tokio::time::timeout_at(
+                    deadline.into(),
+                    component::handle(
+                        store,
+                        proxy,
+                        call,
+                        ctx.build(),
+                        stderr.clone(),
+                        limits.max_output_bytes as usize,
+                    ),
+                )
+                .await;
+                let (result, output, http) = match ran {
+                    Ok(done) => done,
+                    Err(_elapsed) => (
+                        CallResult::deadline_passed("", limits.timeout()),
+                        Bytes::new(),
+                        None,
+                    ),
+                };
+                return Ok(CallOutcome {
+                    result,
+                    output,
+                    logs: stderr.contents(),
+                    http,
+                    ..CallOutcome::default()
+                });
+            }
+        };
+        let stdout = CappedPipe::new(limits.max_output_bytes as usize, Overflow::Trap);
         let wasi = WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(call.input.clone()))
             .stdout(stdout.clone())
@@ -457,16 +600,13 @@ impl Executor for WasmExecutor {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build_p1();
-        let store = &mut instance.store;
         store.data_mut().wasi = wasi;
         store.set_epoch_deadline(1);
 
         // The deadline is enforced here, not by an epoch trap: dropping the call's
         // future also stops a guest blocked in a host call (e.g. sleeping in
         // `poll_oneoff`), which no trap inside wasm could reach.
-        let ran =
-            tokio::time::timeout_at(deadline.into(), instance.start.call_async(&mut *store, ()))
-                .await;
+        let ran = tokio::time::timeout_at(deadline.into(), start.call_async(&mut *store, ())).await;
 
         let result = match ran {
             Err(_elapsed) => CallResult::deadline_passed("", limits.timeout()),
@@ -482,7 +622,8 @@ impl Executor for WasmExecutor {
     }
 
     fn reusable(&self, _instance: &WasmInstance) -> bool {
-        // A WASI command's instance is spent once `_start` has run.
+        // A WASI command's instance is spent once `_start` has run; a component gets a
+        // fresh instance per request (what `wasmtime serve` does too).
         false
     }
 
@@ -501,6 +642,33 @@ impl Executor for WasmExecutor {
             version: None,
             error: None,
         }
+    }
+}
+
+/// Makes a guest's start function yield at every epoch tick, so a looping one cannot
+/// pin a worker, and the call's deadline (a timeout around the future) can stop it.
+fn arm_epoch<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+}
+
+/// Why instantiating failed, for the caller.
+fn instantiate_error(e: &wasmtime::Error, denied: Option<usize>, spec: &FunctionSpec) -> Error {
+    if let Some(asked) = denied {
+        Error::InvalidBundle(format!(
+            "the module's memory ({} MiB) is above its memory limit of {} MiB",
+            asked >> 20,
+            spec.limits.memory_mb
+        ))
+    } else if e.to_string().contains("maximum concurrent") {
+        Error::AtCapacity {
+            function: spec.name.clone(),
+            reason: format!("all {POOL_SLOTS} wasm instance slots are in use"),
+        }
+    } else if let Some(trap) = e.downcast_ref::<Trap>() {
+        Error::InstanceStart(format!("the module's start function trapped: {trap}"))
+    } else {
+        Error::Internal(anyhow::anyhow!("instantiating: {e:#}"))
     }
 }
 

@@ -63,7 +63,7 @@ impl CappedPipe {
     }
 
     /// Appends `bytes`; returns how many were kept, or an error in trap mode.
-    fn append(&self, bytes: &[u8]) -> Result<usize, String> {
+    pub(crate) fn append(&self, bytes: &[u8]) -> Result<usize, String> {
         let mut s = self.lock();
         let room = s.cap - s.buf.len();
         if bytes.len() > room {

@@ -38,7 +38,12 @@
 //! | 1 | the handler returned an error (its message is the last line of stderr), or the output could not be written |
 //! | 2 | the input could not be read or is not valid for the handler's input type |
 //!
+//! Functions called over HTTP (`/fn/NAME/...` or a route) can take the request and set
+//! the status, headers and body with [`http::serve`].
+//!
 //! The crate also builds natively, so handlers can be unit-tested with `cargo test`.
+
+pub mod http;
 
 use std::fmt::Display;
 use std::io::{Read, Write};
@@ -126,12 +131,16 @@ enum Failure {
     Handler(String),
     /// The handler's output could not be serialized as JSON.
     SerializeOutput(serde_json::Error),
+    /// The input is not the HTTP request envelope an [`http::serve`] function needs.
+    InvalidRequest(String),
 }
 
 impl Failure {
     fn exit_code(&self) -> i32 {
         match self {
-            Failure::ReadInput(_) | Failure::InvalidInput(_) => EXIT_INVALID_INPUT,
+            Failure::ReadInput(_) | Failure::InvalidInput(_) | Failure::InvalidRequest(_) => {
+                EXIT_INVALID_INPUT
+            }
             Failure::Handler(_) | Failure::SerializeOutput(_) => EXIT_FUNCTION_ERROR,
         }
     }
@@ -144,6 +153,7 @@ impl Display for Failure {
             Failure::InvalidInput(e) => write!(f, "invalid input: {e}"),
             Failure::Handler(message) => f.write_str(message),
             Failure::SerializeOutput(e) => write!(f, "could not serialize output: {e}"),
+            Failure::InvalidRequest(why) => write!(f, "invalid input: {why}"),
         }
     }
 }

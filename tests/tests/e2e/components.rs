@@ -84,6 +84,16 @@ async fn a_wasi_http_component_deploys_and_answers_invoke() {
         assert_eq!(response.text().await.unwrap(), GREETING);
     }
 
+    // On its route the component's own status and headers come back too.
+    let routed = http()
+        .get(server.url("/fn/hello-http/any/path?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed.status().as_u16(), 200);
+    assert_eq!(header(&routed, "content-type"), "application/json");
+    assert_eq!(routed.text().await.unwrap(), GREETING);
+
     // A p1 module beside it on the same server keeps working.
     deploy(&server, "echo", fixture!("echo"), "").await;
     let echoed = invoke(&server, "echo", "same engine").await;

@@ -4,8 +4,9 @@
 //! instance churn are read from the engine's pools when scraped.
 
 use dashmap::DashMap;
-use newt_runtime::{PoolStats, StartKind};
+use newt_runtime::{EgressStats, PoolStats, StartKind};
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -202,6 +203,40 @@ pub fn render_store(out: &mut String, records_lost: u64) {
     let _ = writeln!(out, "newt_call_records_lost_total {records_lost}");
 }
 
+/// Appends what the egress proxies counted, per backend: connections to allowed
+/// destinations, requests refused (not listed, a name resolving to a non-public
+/// address, malformed), and allowed destinations that could not be reached.
+pub fn render_egress(out: &mut String, backends: &[(&str, Arc<EgressStats>)]) {
+    type Counter = fn(&EgressStats) -> &AtomicU64;
+    let counters: [(&str, &str, Counter); 3] = [
+        (
+            "newt_egress_allowed_total",
+            "Outbound connections a function's egress proxy made to an allowed destination.",
+            |s| &s.allowed,
+        ),
+        (
+            "newt_egress_denied_total",
+            "Outbound requests a function's egress proxy refused.",
+            |s| &s.denied,
+        ),
+        (
+            "newt_egress_failed_total",
+            "Allowed outbound destinations that could not be reached.",
+            |s| &s.failed,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        family(out, name, "counter", help);
+        for (backend, stats) in backends {
+            let _ = writeln!(
+                out,
+                "{name}{{backend=\"{backend}\"}} {}",
+                counter(stats).load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 /// Writes the `# HELP` and `# TYPE` lines that open a metric family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -245,5 +280,21 @@ mod tests {
         assert!(text.contains(r#"newt_call_duration_seconds_bucket{start="warm",le="0.025"} 2"#));
         assert!(text.contains(r#"newt_call_duration_seconds_count{start="warm"} 2"#));
         assert!(text.contains(r#"newt_call_duration_seconds_count{start="prewarmed"} 0"#));
+    }
+
+    #[test]
+    fn egress_counters_render_per_backend() {
+        let stats = Arc::new(EgressStats::default());
+        stats.allowed.store(3, Ordering::Relaxed);
+        stats.denied.store(2, Ordering::Relaxed);
+        let mut text = String::new();
+        render_egress(&mut text, &[("docker", stats)]);
+        assert!(
+            text.contains("# TYPE newt_egress_denied_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("newt_egress_allowed_total{backend=\"docker\"} 3\n"));
+        assert!(text.contains("newt_egress_denied_total{backend=\"docker\"} 2\n"));
+        assert!(text.contains("newt_egress_failed_total{backend=\"docker\"} 0\n"));
     }
 }

@@ -340,6 +340,12 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether the backend answers.
     async fn health(&self) -> BackendHealth;
 
+    /// What this backend's egress proxies counted (for `/metrics`); `None` when it
+    /// has none.
+    fn egress_stats(&self) -> Option<Arc<crate::egress::EgressStats>> {
+        None
+    }
+
     /// The container runtimes this executor runs (none for wasm).
     fn runtimes(&self) -> Vec<ContainerRuntime> {
         Vec::new()

@@ -38,6 +38,7 @@ trait Backend: Send + Sync {
     fn runtime_pool(&self, runtime: &str) -> Option<RuntimePoolStats>;
     async fn drain_runtime_pools(&self);
     async fn health(&self) -> BackendHealth;
+    fn egress_stats(&self) -> Option<Arc<crate::egress::EgressStats>>;
     fn runtimes(&self) -> Vec<ContainerRuntime>;
     fn takes_runtimes(&self) -> bool;
     async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()>;
@@ -106,6 +107,10 @@ impl<E: Executor> Backend for ExecutorBackend<E> {
 
     async fn health(&self) -> BackendHealth {
         self.executor.health().await
+    }
+
+    fn egress_stats(&self) -> Option<Arc<crate::egress::EgressStats>> {
+        self.executor.egress_stats()
     }
 
     fn runtimes(&self) -> Vec<ContainerRuntime> {
@@ -414,6 +419,14 @@ impl Invoker {
             all.push((backend.name(), backend.health().await));
         }
         all
+    }
+
+    /// What each backend's egress proxies counted, by backend name.
+    pub fn egress_stats(&self) -> Vec<(&'static str, Arc<crate::egress::EgressStats>)> {
+        self.backends
+            .iter()
+            .filter_map(|b| b.egress_stats().map(|stats| (b.name(), stats)))
+            .collect()
     }
 
     /// Drains every pool (shutdown): idle instances are destroyed now, busy ones when

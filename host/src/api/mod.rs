@@ -189,6 +189,7 @@ async fn metrics(
 ) -> impl axum::response::IntoResponse {
     let mut text = state.metrics.render(&state.invoker.pools());
     crate::metrics::render_store(&mut text, state.store.records_lost());
+    crate::metrics::render_egress(&mut text, &state.invoker.egress_stats());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -791,6 +791,7 @@ impl Executor for DockerExecutor {
                 runtime: &prepared.runtime,
                 image: &prepared.image,
                 handler: Some(&prepared.handler),
+                env: &spec.env,
                 host_id: &self.host_id,
             },
             egress,
@@ -827,6 +828,7 @@ impl Executor for DockerExecutor {
                 runtime: &runtime,
                 image: &runtime.image,
                 handler: None,
+                env: &Default::default(),
                 host_id: &self.host_id,
             },
             egress,
@@ -908,6 +910,10 @@ impl Executor for DockerExecutor {
                 error: Some(error),
             },
         }
+    }
+
+    fn egress_stats(&self) -> Option<Arc<EgressStats>> {
+        Some(self.egress_stats.clone())
     }
 
     fn runtimes(&self) -> Vec<ContainerRuntime> {

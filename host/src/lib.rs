@@ -15,6 +15,7 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod metrics;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod testing;
@@ -138,7 +139,8 @@ pub async fn build_service_with(
     let invoker = Invoker::new(cas)
         .with_executor(wasm)
         .with_shared_executor(docker.clone());
-    let service = service::Service::start(store, invoker, options.config).await?;
+    let keys = secrets::SecretKeys::for_home(home).context("the secret key")?;
+    let service = service::Service::start_with_keys(store, invoker, options.config, keys).await?;
     Ok((service, docker))
 }
 

@@ -32,6 +32,10 @@ enum Command {
     Call(commands::call::CallArgs),
     /// Remove a function.
     Delete(commands::delete::DeleteArgs),
+    /// Show, set or unset a function's variables (each change is a new version).
+    Env(commands::env::EnvArgs),
+    /// Set or unset a function's secrets (values from stdin, never from arguments).
+    Secret(commands::env::SecretArgs),
     /// Show every pool: instances idle, busy, starting; calls waiting; start kinds.
     Pools(commands::pools::PoolsArgs),
     /// Expose functions on HTTP paths: add, list or remove routes.
@@ -77,6 +81,8 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Calls(args) => commands::calls::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
             Command::Delete(args) => commands::delete::run(args).await,
+            Command::Env(args) => commands::env::run_env(args).await,
+            Command::Secret(args) => commands::env::run_secret(args).await,
             Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Pools(args) => commands::pools::run(args).await,
             Command::Route(args) => commands::route::run(args).await,

@@ -22,10 +22,20 @@ pub struct FunctionView {
     pub size: i64,
     pub limits: Limits,
     pub created_at: i64,
+    /// The function's variables, with their values.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The names of its secrets: their values are never shown.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Where it may connect (`host:port`); empty: nowhere.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
 }
 
 impl From<&FunctionVersion> for FunctionView {
     fn from(v: &FunctionVersion) -> Self {
+        let config = FunctionConfig::of(v);
         FunctionView {
             name: v.name.clone(),
             version: v.version,
@@ -34,8 +44,11 @@ impl From<&FunctionVersion> for FunctionView {
             status_message: v.status_message.clone(),
             digest: v.digest.clone(),
             size: v.size,
-            limits: FunctionConfig::of(v).limits,
+            limits: config.limits,
             created_at: v.created_at,
+            env: config.env,
+            secrets: v.secrets.names(),
+            allow_outbound: config.allow_outbound,
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::error::{ApiError, ApiResult};
-use crate::service::{DeployRequest, Deployed, SharedService};
+use crate::service::{ConfigChange, DeployRequest, Deployed, SharedService};
 use crate::wire::{
     AcceptedView, FunctionDetailView, FunctionList, FunctionView, PolicyPatch, PoolsView,
     RuntimePoolView,
@@ -62,10 +62,12 @@ fn deploy_options(query: &HashMap<String, String>, wait: bool) -> ApiResult<Depl
             "preload" | "keep_alive" => {
                 policy.insert(key.clone(), json!(value));
             }
+            // Read by `deploy_config`.
+            "allow_outbound" => {}
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown parameter `{other}`: accepted are runtime, wait, timeout_ms, \
-                     memory_mb, max_output_bytes, max_log_bytes, {}",
+                     memory_mb, max_output_bytes, max_log_bytes, allow_outbound, {}",
                     PolicyPatch::FIELDS.join(", ")
                 )));
             }
@@ -79,7 +81,49 @@ fn deploy_options(query: &HashMap<String, String>, wait: bool) -> ApiResult<Depl
         limits,
         policy: (!policy.is_empty()).then_some(policy),
         wait,
+        config: ConfigChange::default(),
     })
+}
+
+/// The configuration a deploy brings, beside the bundle: the JSON headers
+/// `x-newt-env` and `x-newt-secrets` (objects of strings), `x-newt-unset` and
+/// `x-newt-allow-outbound` (arrays of strings), and `allow_outbound` in the query
+/// (comma-separated), which wins over its header.
+fn deploy_config(headers: &HeaderMap, query: &HashMap<String, String>) -> ApiResult<ConfigChange> {
+    fn header<T: serde::de::DeserializeOwned>(
+        headers: &HeaderMap,
+        name: &str,
+        shape: &str,
+    ) -> ApiResult<Option<T>> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .map(Some)
+            // Never the value: it may be a secret.
+            .ok_or_else(|| ApiError::BadRequest(format!("{name} must be {shape}")))
+    }
+    let strings = "a JSON object of strings";
+    let list = "a JSON array of strings";
+    let mut change = ConfigChange {
+        env: header(headers, "x-newt-env", strings)?.unwrap_or_default(),
+        secrets: header(headers, "x-newt-secrets", strings)?.unwrap_or_default(),
+        unset: header(headers, "x-newt-unset", list)?.unwrap_or_default(),
+        allow_outbound: header(headers, "x-newt-allow-outbound", list)?,
+    };
+    if let Some(text) = query.get("allow_outbound") {
+        change.allow_outbound = Some(
+            text.split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
+    }
+    Ok(change)
 }
 
 /// The limits and policy of a deploy may also come as JSON objects in the
@@ -182,7 +226,8 @@ pub async fn deploy(
         .remove("wait")
         .is_some_and(|v| v == "true" || v == "1" || v.is_empty());
     merge_json_headers(request.headers(), &mut query)?;
-    let options = deploy_options(&query, wait)?;
+    let mut options = deploy_options(&query, wait)?;
+    options.config = deploy_config(request.headers(), &query)?;
     let bundle = read_bundle(&service, request).await?;
     let deployed = service.deploy(&name, options, bundle).await?;
     Ok((
@@ -199,6 +244,44 @@ pub(crate) fn deployed_status(deployed: &Deployed) -> StatusCode {
         Deployed::Unchanged(_) => StatusCode::OK,
         Deployed::Accepted(_) => StatusCode::ACCEPTED,
     }
+}
+
+/// The configuration fields a `PATCH` body may hold beside the policy fields.
+const CONFIG_FIELDS: [&str; 4] = ["env", "secrets", "unset", "allow_outbound"];
+
+/// Takes the configuration fields out of a PATCH body: `env` and `secrets` (objects
+/// of strings), `unset` and `allow_outbound` (arrays of strings). `None` when the body
+/// has none: a policy change only.
+fn config_changes(
+    body: &mut Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Option<ConfigChange>> {
+    let Ok(Json(Value::Object(fields))) = body else {
+        return Ok(None);
+    };
+    if !CONFIG_FIELDS.iter().any(|k| fields.contains_key(*k)) {
+        return Ok(None);
+    }
+    fn take<T: serde::de::DeserializeOwned + Default>(
+        fields: &mut serde_json::Map<String, Value>,
+        key: &str,
+        shape: &str,
+    ) -> ApiResult<Option<T>> {
+        match fields.remove(key) {
+            None => Ok(None),
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                // Never the value: it may be a secret.
+                .map_err(|_| ApiError::BadRequest(format!("`{key}` must be {shape}"))),
+        }
+    }
+    let strings = "a JSON object of strings";
+    let list = "a JSON array of strings";
+    Ok(Some(ConfigChange {
+        env: take(fields, "env", strings)?.unwrap_or_default(),
+        secrets: take(fields, "secrets", strings)?.unwrap_or_default(),
+        unset: take(fields, "unset", list)?.unwrap_or_default(),
+        allow_outbound: take(fields, "allow_outbound", list)?,
+    }))
 }
 
 /// Reads a PATCH body: a JSON object of policy fields.
@@ -222,7 +305,8 @@ pub fn policy_changes(
         .find(|k| !PolicyPatch::FIELDS.contains(&k.as_str()))
     {
         return Err(ApiError::BadRequest(format!(
-            "unknown policy field `{unknown}`: accepted are {fields}"
+            "unknown field `{unknown}`: accepted are {fields}, {}",
+            CONFIG_FIELDS.join(", ")
         )));
     }
     let patch: PolicyPatch = serde_json::from_value(Value::Object(changes))
@@ -230,17 +314,23 @@ pub fn policy_changes(
     Ok(patch.into_map())
 }
 
-/// `PATCH /v1/functions/{name}`: body is the policy fields to override. Takes effect
-/// on the running pool at once.
+/// `PATCH /v1/functions/{name}`: body is the policy fields to override, which take
+/// effect on the running pool at once, and the configuration to change (`env`,
+/// `secrets`, `unset`, `allow_outbound`), which makes a new version of the same
+/// bundle, serving when this answers.
 pub async fn patch(
     State(service): State<SharedService>,
     Path(name): Path<String>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    mut body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<FunctionDetailView>> {
     // An unknown function is 404 whatever the body says.
     service.newest(&name)?;
+    let config = config_changes(&mut body)?;
     let changes = policy_changes(body)?;
-    let detail = service.patch_policy(&name, changes).await?;
+    let detail = match config {
+        Some(config) => service.change_config(&name, config, changes).await?,
+        None => service.patch_policy(&name, changes).await?,
+    };
     Ok(Json(FunctionDetailView::from(&detail)))
 }
 

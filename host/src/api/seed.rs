@@ -31,6 +31,7 @@ pub async fn register_function(
         limits: Limits::default(),
         policy: None,
         wait: true,
+        config: Default::default(),
     };
     let deployed = service.deploy(&name, options, bundle).await?;
     let version = deployed.version();

@@ -48,6 +48,18 @@ pub struct DeployArgs {
     /// Calls that may wait when all instances are busy.
     #[arg(long)]
     pub max_queue: Option<u64>,
+    /// A variable to set, KEY=VALUE (repeat for more; a redeploy keeps the others).
+    /// Secrets are set with `newt secret set`, never on the command line.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Where the function may connect, HOST:PORT (repeat, or separate with commas);
+    /// replaces the previous list. Without it: the previous list (none at first).
+    #[arg(
+        long = "allow-outbound",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub allow_outbound: Vec<String>,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -79,11 +91,26 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
             query.push(format!("{key}={}", encode(value)));
         }
     }
+    if !args.allow_outbound.is_empty() {
+        query.push(format!(
+            "allow_outbound={}",
+            encode(&args.allow_outbound.join(","))
+        ));
+    }
+    let mut env = serde_json::Map::new();
+    for pair in &args.env {
+        let Some((name, value)) = pair.split_once('=') else {
+            anyhow::bail!("--env expects KEY=VALUE, got {pair:?}");
+        };
+        env.insert(name.to_string(), value.into());
+    }
     let client = Client::new(&args.client)?;
     let path = format!("/v1/functions/{}?{}", encode(&args.name), query.join("&"));
-    let response = client
-        .send(client.request(Method::PUT, &path).body(bytes))
-        .await?;
+    let mut request = client.request(Method::PUT, &path).body(bytes);
+    if !env.is_empty() {
+        request = request.header("x-newt-env", ascii_json(&serde_json::Value::Object(env)));
+    }
+    let response = client.send(request).await?;
     let verb = match response.status().as_u16() {
         201 => "deployed",
         202 => "building",
@@ -108,4 +135,33 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// JSON with every character beyond ASCII escaped (`\uXXXX`), so it fits in a header.
+fn ascii_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for c in value.to_string().chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_json_is_ascii_and_reads_back() {
+        let value = serde_json::json!({"GREETING": "grüß dich 👋"});
+        let text = super::ascii_json(&value);
+        assert!(text.is_ascii(), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod call;
 pub mod calls;
 pub mod delete;
 pub mod deploy;
+pub mod env;
 pub mod functions;
 pub mod invoke;
 pub mod new;

@@ -1,10 +1,17 @@
-//! Deploys, policy changes and deletes of functions: each a new stored version (or a
-//! changed one) and the registry and pools brought in line, under one lock so
-//! versions are assigned in request order.
+//! Deploys, configuration and policy changes and deletes of functions: each a new
+//! stored version (or a changed one) and the registry and pools brought in line, under
+//! one lock so versions are assigned in request order.
+//!
+//! A change of configuration (variables, secrets, allow-list) makes a new version with
+//! the same bundle: the pool of the old version drains, so no instance ever runs with
+//! stale values, and the version history says when each configuration came in. A
+//! policy change, which says how many instances to keep and not what is in them,
+//! changes the versions in place.
 
 use bytes::Bytes;
-use newt_runtime::{FunctionSpec, Limits, Policy, PoolStats};
+use newt_runtime::{AllowList, FunctionSpec, Limits, Policy, PoolStats};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{FunctionConfig, Service, ServiceResult};
@@ -13,7 +20,11 @@ use crate::api::error::{ApiError, is_disk_full};
 /// What a deploy that found the disk full did not do (the 507's message).
 const NOT_DEPLOYED: &str = "the new version could not be stored, so this deploy changed \
     nothing and the function's previous version, if any, keeps serving";
-use crate::store::{FunctionVersion, VersionStatus};
+/// What a configuration change that found the disk full did not do.
+const NOT_CONFIGURED: &str = "the new version could not be stored, so this change did \
+    nothing and the function's current version keeps serving";
+use crate::secrets;
+use crate::store::{FunctionVersion, SealedSecrets, VersionStatus};
 
 /// Checks a function name: `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn validate_name(name: &str) -> ServiceResult<()> {
@@ -46,6 +57,131 @@ pub struct DeployRequest {
     pub policy: Option<serde_json::Map<String, Value>>,
     /// Answer only when a background build has ended.
     pub wait: bool,
+    /// Changes to the previous version's variables, secrets and allow-list (a
+    /// redeploy keeps them otherwise).
+    pub config: ConfigChange,
+}
+
+/// Changes to a function's configuration, as a deploy or a `PATCH` asks for them.
+/// Its `Debug` shows secret names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct ConfigChange {
+    /// Variables to set.
+    pub env: BTreeMap<String, String>,
+    /// Secrets to set, in the clear until sealed.
+    pub secrets: BTreeMap<String, String>,
+    /// Variables or secrets to remove.
+    pub unset: Vec<String>,
+    /// The new allow-list, replacing the old one; `None` keeps it.
+    pub allow_outbound: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ConfigChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigChange")
+            .field("env", &self.env)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("unset", &self.unset)
+            .field("allow_outbound", &self.allow_outbound)
+            .finish()
+    }
+}
+
+/// A function's configuration after a change: what a version stores.
+struct Configured {
+    env: BTreeMap<String, String>,
+    secrets: SealedSecrets,
+    allow_outbound: Vec<String>,
+}
+
+impl ConfigChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty()
+            && self.secrets.is_empty()
+            && self.unset.is_empty()
+            && self.allow_outbound.is_none()
+    }
+
+    /// Checks what can be checked without the previous version: names, values, a
+    /// name given twice, the allow-list. A 400 names the culprit, never a value.
+    pub fn check(&self) -> ServiceResult<()> {
+        let bad = ApiError::BadRequest;
+        for (name, value) in self.env.iter().chain(&self.secrets) {
+            secrets::check_name(name).map_err(bad)?;
+            secrets::check_value(name, value).map_err(bad)?;
+        }
+        for name in &self.unset {
+            secrets::check_name(name).map_err(bad)?;
+        }
+        if let Some(name) = self.env.keys().find(|n| self.secrets.contains_key(*n)) {
+            return Err(bad(format!(
+                "{name} is given both as a variable and as a secret"
+            )));
+        }
+        if let Some(list) = &self.allow_outbound {
+            AllowList::parse(list).map_err(|e| bad(format!("invalid allow_outbound: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration of `function` after this change to `previous`'s (none for a
+    /// new function). New secrets are sealed; one set again to the value it has keeps
+    /// its sealed text, so a change that changes nothing is seen as such.
+    fn apply(
+        &self,
+        function: &str,
+        previous: Option<&FunctionVersion>,
+        keys: &secrets::SecretKeys,
+    ) -> ServiceResult<Configured> {
+        self.check()?;
+        let (mut env, mut sealed, mut allow_outbound) = match previous {
+            Some(v) => {
+                let config = FunctionConfig::of(v);
+                (config.env, v.secrets.clone(), config.allow_outbound)
+            }
+            None => Default::default(),
+        };
+        for name in &self.unset {
+            env.remove(name);
+            sealed.0.remove(name);
+        }
+        for (name, value) in &self.env {
+            sealed.0.remove(name);
+            env.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.secrets {
+            env.remove(name);
+            let unchanged = sealed
+                .0
+                .get(name)
+                .and_then(|old| keys.open(function, name, old).ok())
+                .is_some_and(|old| old == *value);
+            if !unchanged {
+                let text = keys
+                    .seal(function, name, value)
+                    .map_err(|e| anyhow::anyhow!("sealing secret {name}: {e:#}"))?;
+                sealed.0.insert(name.clone(), text);
+            }
+        }
+        if let Some(list) = &self.allow_outbound {
+            // Stored as the list prints its entries: one spelling per destination.
+            allow_outbound = AllowList::parse(list)
+                .map_err(|e| ApiError::BadRequest(format!("invalid allow_outbound: {e}")))?
+                .entries();
+        }
+        secrets::check_all(&env, sealed.0.keys().map(String::as_str))
+            .map_err(ApiError::BadRequest)?;
+        // Secrets kept from the previous version must open (the host key may have
+        // changed since): a version that could never be served is not made.
+        keys.open_all(function, &sealed)
+            .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+        Ok(Configured {
+            env,
+            secrets: sealed,
+            allow_outbound,
+        })
+    }
 }
 
 /// How a deploy ended.
@@ -101,11 +237,13 @@ impl Service {
     ) -> ServiceResult<Deployed> {
         validate_name(name)?;
         request.limits.validate()?;
+        request.config.check()?;
         let DeployRequest {
             runtime,
             limits,
             policy,
             wait,
+            config: change,
         } = request;
         if bundle.is_empty() {
             return Err(ApiError::BadRequest(
@@ -166,12 +304,19 @@ impl Service {
         self.registry
             .runtime_policy(&runtime)
             .patched(&Value::Object(policy.clone()))?;
-        let wanted = FunctionConfig { limits, policy };
+        let configured = change.apply(name, previous.as_ref(), self.registry.keys())?;
+        let wanted = FunctionConfig {
+            limits,
+            policy,
+            env: configured.env,
+            allow_outbound: configured.allow_outbound,
+        };
         if let Some(existing) = previous
             && existing.digest == digest.as_str()
             && existing.runtime == runtime
             && existing.status != VersionStatus::Failed
             && FunctionConfig::of(&existing) == wanted
+            && existing.secrets == configured.secrets
         {
             return Ok(Deployed::Unchanged(existing));
         }
@@ -184,7 +329,15 @@ impl Service {
         let config = serde_json::to_value(&wanted).map_err(anyhow::Error::from)?;
         let version = self
             .store
-            .add_version(name, &runtime, digest.as_str(), size, &config, status)
+            .add_version(
+                name,
+                &runtime,
+                digest.as_str(),
+                size,
+                &config,
+                &configured.secrets,
+                status,
+            )
             .await
             .map_err(|e| match is_disk_full(e.as_ref()) {
                 true => ApiError::disk_full(NOT_DEPLOYED, &e),
@@ -232,7 +385,32 @@ impl Service {
         self: &Arc<Self>,
         version: FunctionVersion,
     ) -> FunctionVersion {
-        let spec = self.registry.resolve(&version);
+        let spec = match self.registry.resolve(&version) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // Only when the host key changed since the version was made.
+                let message = format!("{e:#}");
+                tracing::error!(function = %version.name, version = version.version,
+                    "cannot build: {message}");
+                if let Err(e) = self
+                    .store
+                    .set_version_status(
+                        &version.name,
+                        version.version,
+                        VersionStatus::Failed,
+                        Some(&message),
+                    )
+                    .await
+                {
+                    tracing::error!(function = %version.name,
+                        "could not record the build status: {e:#}");
+                }
+                let mut version = version;
+                version.status = VersionStatus::Failed;
+                version.status_message = Some(message);
+                return version;
+            }
+        };
         let started = std::time::Instant::now();
         let built = self.invoker.preload(&spec).await;
         if built.is_err() && self.is_stopping() {
@@ -286,21 +464,102 @@ impl Service {
         self.registry
             .runtime_policy(&newest.runtime)
             .patched(&Value::Object(config.policy.clone()))?;
-        let value = serde_json::to_value(&config).map_err(anyhow::Error::from)?;
-        // The newest version and the one serving calls (they differ while a build runs).
-        let mut versions = vec![newest.version];
+        // The newest version and the one serving calls (they differ while a build
+        // runs): each takes the new policy and keeps the rest of its own config.
+        let mut versions = vec![newest];
         if let Some(Some(served)) = self.registry.get(name).map(|e| e.serving)
-            && served.version.version != newest.version
+            && served.version.version != versions[0].version
         {
-            versions.push(served.version.version);
+            versions.push(served.version);
         }
-        for version in versions {
-            self.store.set_version_config(name, version, &value).await?;
+        let mut values = Vec::new();
+        for version in &versions {
+            let mut own = FunctionConfig::of(version);
+            own.policy = config.policy.clone();
+            let value = serde_json::to_value(&own).map_err(anyhow::Error::from)?;
+            self.store
+                .set_version_config(name, version.version, &value)
+                .await?;
+            values.push(value);
         }
-        let spec = self.registry.set_config(name, &value);
+        let spec = self
+            .registry
+            .set_config(name, &values[0], &values[values.len() - 1]);
         drop(guard);
         if let Some(spec) = spec {
             self.apply(spec);
+        }
+        self.function(name).await
+    }
+
+    /// Changes a function's variables, secrets or allow-list (and with them, policy
+    /// fields): a new version of the same bundle, serving before this returns, so the
+    /// next call runs with the new configuration. For a container function that
+    /// means its image is looked up (the same bundle and runtime: no rebuild) and the
+    /// old version's containers drain.
+    pub async fn change_config(
+        self: &Arc<Self>,
+        name: &str,
+        change: ConfigChange,
+        policy_changes: serde_json::Map<String, Value>,
+    ) -> ServiceResult<FunctionDetail> {
+        change.check()?;
+        let guard = self.deploy_lock.lock().await;
+        let newest = self.newest(name)?;
+        let mut config = FunctionConfig::of(&newest);
+        config.policy.extend(policy_changes);
+        self.registry
+            .runtime_policy(&newest.runtime)
+            .patched(&Value::Object(config.policy.clone()))?;
+        let configured = change.apply(name, Some(&newest), self.registry.keys())?;
+        config.env = configured.env;
+        config.allow_outbound = configured.allow_outbound;
+        if config == FunctionConfig::of(&newest) && configured.secrets == newest.secrets {
+            drop(guard);
+            return self.function(name).await;
+        }
+        let status = match self.invoker.prepares_in_background(&newest.runtime)? {
+            true => VersionStatus::Pending,
+            // A wasm module: compiled for the version it comes from, in the cache.
+            false => VersionStatus::Ready,
+        };
+        let value = serde_json::to_value(&config).map_err(anyhow::Error::from)?;
+        let version = self
+            .store
+            .add_version(
+                name,
+                &newest.runtime,
+                &newest.digest,
+                newest.size,
+                &value,
+                &configured.secrets,
+                status,
+            )
+            .await
+            .map_err(|e| match is_disk_full(e.as_ref()) {
+                true => ApiError::disk_full(NOT_CONFIGURED, &e),
+                false => e.into(),
+            })?;
+        let spec = self.registry.set_newest(version.clone());
+        drop(guard);
+        // Names only: the values are the function's business.
+        tracing::info!(function = %name, version = version.version,
+            env = ?config.env.keys().collect::<Vec<_>>(),
+            secrets = ?configured.secrets,
+            allow_outbound = ?config.allow_outbound,
+            "configuration changed");
+        if let Some(spec) = spec {
+            self.apply(spec);
+        } else if status == VersionStatus::Pending {
+            let built = self.build_version(version).await;
+            if built.status != VersionStatus::Ready {
+                return Err(ApiError::InvalidBundle(format!(
+                    "the new version could not be made ready: {}",
+                    built
+                        .status_message
+                        .unwrap_or_else(|| "the build failed".into())
+                )));
+            }
         }
         self.function(name).await
     }

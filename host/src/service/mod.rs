@@ -23,10 +23,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 use crate::api::error::ApiError;
+use crate::secrets::SecretKeys;
 use crate::store::{FunctionVersion, SharedStore, VersionStatus};
 
 pub use calls::Invoked;
-pub use deploy::{DeployRequest, Deployed, FunctionDetail, validate_name};
+pub use deploy::{ConfigChange, DeployRequest, Deployed, FunctionDetail, validate_name};
 pub use registry::{Entry, Registry, Served};
 
 /// Limits and settings of a running server.
@@ -84,6 +85,14 @@ pub struct FunctionConfig {
     /// object; empty = the runtime's policy as it is).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub policy: serde_json::Map<String, serde_json::Value>,
+    /// Environment variables (plain configuration; secrets are sealed apart, in the
+    /// version's `secrets`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Where the function may connect (`host:port`, as `AllowList::parse` takes them);
+    /// empty: nowhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
 }
 
 impl FunctionConfig {
@@ -154,7 +163,17 @@ impl Service {
         invoker: Invoker,
         config: ServerConfig,
     ) -> anyhow::Result<Arc<Service>> {
-        let registry = Registry::default();
+        Service::start_with_keys(store, invoker, config, SecretKeys::none()).await
+    }
+
+    /// [`Service::start`] with the key that seals and opens functions' secrets.
+    pub async fn start_with_keys(
+        store: SharedStore,
+        invoker: Invoker,
+        config: ServerConfig,
+        keys: SecretKeys,
+    ) -> anyhow::Result<Arc<Service>> {
+        let registry = Registry::new(Arc::new(keys));
         // Every runtime has a policy from the start: the built-ins' defaults, replaced
         // below by what was saved.
         registry.set_runtime_policy(WASM_RUNTIME, newt_runtime::Policy::default());

@@ -5,12 +5,17 @@
 //! the runtime's policy merged with the function's overrides, once per version or
 //! policy change). A call reads one `Arc<FunctionSpec>` and nothing else. It also holds
 //! the policy of each runtime, `wasm` included.
+//!
+//! Resolving a version also opens its secrets (with the host key it holds) into the
+//! spec's environment, beside the version's plain variables, and parses its
+//! allow-list: the spec is the only place a secret's value is kept in the clear.
 
 use dashmap::DashMap;
-use newt_runtime::{FunctionSpec, Policy};
+use newt_runtime::{AllowList, Env, FunctionSpec, Policy};
 use std::sync::Arc;
 
 use super::FunctionConfig;
+use crate::secrets::SecretKeys;
 use crate::store::FunctionVersion;
 
 /// What a function is right now.
@@ -36,9 +41,24 @@ pub struct Served {
 pub struct Registry {
     functions: DashMap<String, Entry>,
     runtime_policies: DashMap<String, Policy>,
+    /// Opens the versions' secrets.
+    keys: Arc<SecretKeys>,
 }
 
 impl Registry {
+    /// An empty registry whose versions' secrets open with `keys`.
+    pub fn new(keys: Arc<SecretKeys>) -> Registry {
+        Registry {
+            keys,
+            ..Registry::default()
+        }
+    }
+
+    /// The host's secret keys (to seal new secrets with).
+    pub fn keys(&self) -> &SecretKeys {
+        &self.keys
+    }
+
     /// The policy of a runtime (the default for one that never set it).
     pub fn runtime_policy(&self, runtime: &str) -> Policy {
         self.runtime_policies
@@ -55,8 +75,9 @@ impl Registry {
         for mut entry in self.functions.iter_mut() {
             if let Some(served) = entry.serving.as_mut()
                 && served.version.runtime == runtime
+                && let Some(spec) = self.resolve_or_log(&served.version)
             {
-                served.spec = self.resolve(&served.version);
+                served.spec = spec;
                 changed.push(served.spec.clone());
             }
         }
@@ -87,19 +108,42 @@ impl Registry {
             .unwrap_or(base)
     }
 
-    /// What the engine runs for a stored version.
-    pub fn resolve(&self, version: &FunctionVersion) -> Arc<FunctionSpec> {
+    /// What the engine runs for a stored version: fails when its secrets do not open
+    /// (the host key changed) or its allow-list no longer parses.
+    pub fn resolve(&self, version: &FunctionVersion) -> anyhow::Result<Arc<FunctionSpec>> {
         let config = FunctionConfig::of(version);
-        Arc::new(FunctionSpec {
+        let mut env = config.env;
+        env.extend(self.keys.open_all(&version.name, &version.secrets)?);
+        let allow_outbound = AllowList::parse(&config.allow_outbound).map_err(|e| {
+            anyhow::anyhow!(
+                "the allow_outbound list of {} version {}: {e}",
+                version.name,
+                version.version
+            )
+        })?;
+        Ok(Arc::new(FunctionSpec {
             name: version.name.clone(),
             version: version.version,
             runtime: version.runtime.clone(),
             digest: version.digest.clone(),
             limits: config.limits,
             policy: self.policy_of(version),
-            env: Default::default(),
-            allow_outbound: Default::default(),
-        })
+            env: Env(Arc::new(env)),
+            allow_outbound: Arc::new(allow_outbound),
+        }))
+    }
+
+    /// [`Registry::resolve`], logging why a version cannot be served (its calls then
+    /// answer that it has no runnable version; setting its secrets again fixes it).
+    fn resolve_or_log(&self, version: &FunctionVersion) -> Option<Arc<FunctionSpec>> {
+        match self.resolve(version) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                tracing::error!(function = %version.name, version = version.version,
+                    "cannot serve this version: {e:#}");
+                None
+            }
+        }
     }
 
     /// The spec calls of `name` run, if it has a ready version.
@@ -155,10 +199,13 @@ impl Registry {
     /// Records a new newest version; a ready one also becomes the serving one.
     pub fn set_newest(&self, version: FunctionVersion) -> Option<Arc<FunctionSpec>> {
         let name = version.name.clone();
-        let served = (version.status == crate::store::VersionStatus::Ready).then(|| Served {
-            spec: self.resolve(&version),
-            version: version.clone(),
-        });
+        let served = (version.status == crate::store::VersionStatus::Ready)
+            .then(|| self.resolve_or_log(&version))
+            .flatten()
+            .map(|spec| Served {
+                spec,
+                version: version.clone(),
+            });
         let spec = served.as_ref().map(|s| s.spec.clone());
         let mut entry = self.functions.entry(name).or_insert_with(|| Entry {
             newest: version.clone(),
@@ -182,7 +229,7 @@ impl Registry {
         if version.status != crate::store::VersionStatus::Ready {
             return None;
         }
-        let spec = self.resolve(&version);
+        let spec = self.resolve_or_log(&version)?;
         entry.serving = Some(Served {
             version,
             spec: spec.clone(),
@@ -191,13 +238,23 @@ impl Registry {
     }
 
     /// Replaces the stored config of the newest and serving versions (a policy
-    /// change); returns the serving spec, re-resolved.
-    pub fn set_config(&self, name: &str, config: &serde_json::Value) -> Option<Arc<FunctionSpec>> {
+    /// change: `serving` is the serving version's when it is an older one); returns
+    /// the serving spec, re-resolved.
+    pub fn set_config(
+        &self,
+        name: &str,
+        newest: &serde_json::Value,
+        serving: &serde_json::Value,
+    ) -> Option<Arc<FunctionSpec>> {
         let mut entry = self.functions.get_mut(name)?;
-        entry.newest.config = config.clone();
+        entry.newest.config = newest.clone();
+        let newest_version = entry.newest.version;
         let served = entry.serving.as_mut()?;
-        served.version.config = config.clone();
-        served.spec = self.resolve(&served.version);
+        served.version.config = match served.version.version == newest_version {
+            true => newest.clone(),
+            false => serving.clone(),
+        };
+        served.spec = self.resolve_or_log(&served.version)?;
         Some(served.spec.clone())
     }
 
@@ -208,9 +265,11 @@ impl Registry {
 
     /// Loads a function at start: its newest version and its newest ready one.
     pub fn load(&self, newest: FunctionVersion, ready: Option<FunctionVersion>) {
-        let serving = ready.map(|version| Served {
-            spec: self.resolve(&version),
-            version,
+        let serving = ready.and_then(|version| {
+            Some(Served {
+                spec: self.resolve_or_log(&version)?,
+                version,
+            })
         });
         self.functions
             .insert(newest.name.clone(), Entry { newest, serving });

@@ -2,8 +2,10 @@
 //!
 //! The store holds four things:
 //! - **function versions**: every deployed version of every function, with its bundle
-//!   digest, config (limits and policy, opaque JSON) and build status. Deleting a
-//!   function hides its versions; their numbers are never reused for that name.
+//!   digest, config (limits, policy, environment and allow-list: opaque JSON), its
+//!   sealed secrets (in their own column) and build status. Deleting a function hides
+//!   its versions and erases their secrets; their numbers are never reused for that
+//!   name.
 //! - **runtimes**: the container runtimes registered through the API (and saved
 //!   runtime policies), as their JSON definition.
 //! - **call records**: one per invocation, updated as the call moves from accepted to
@@ -36,7 +38,7 @@ pub use sqlite::SqliteStore;
 pub(crate) use sqlite::is_sqlite_full;
 pub use types::{
     CallFilter, CallRecord, CallStatus, FunctionVersion, MAX_ASYNC_ATTEMPTS, Recovery,
-    VersionStatus,
+    SealedSecrets, VersionStatus,
 };
 
 /// An HTTP route as stored: requests under `path` (a prefix, whole segments) go to
@@ -65,7 +67,8 @@ pub type SharedStore = Arc<dyn Store>;
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Adds a version of function `name` (creating the function if it is new or was
     /// deleted) and makes it the current one. Its number is one more than any version
-    /// the name ever had.
+    /// the name ever had. `secrets` are stored as given (sealed by the caller).
+    #[allow(clippy::too_many_arguments)]
     async fn add_version(
         &self,
         name: &str,
@@ -73,6 +76,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         digest: &str,
         size: i64,
         config: &serde_json::Value,
+        secrets: &SealedSecrets,
         status: VersionStatus,
     ) -> Result<FunctionVersion>;
 
@@ -102,8 +106,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// first; empty if there is no such function.
     async fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
 
-    /// Deletes function `name`: its versions are hidden (their numbers stay taken) and
-    /// its call records kept. Returns `false` if there was no such live function.
+    /// Deletes function `name`: its versions are hidden (their numbers stay taken),
+    /// their sealed secrets erased, and its call records kept. Returns `false` if there was no such live function.
     async fn delete_function(&self, name: &str) -> Result<bool>;
 
     /// Saves a container runtime's definition under `name`, replacing an older one.

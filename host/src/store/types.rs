@@ -191,14 +191,43 @@ pub struct FunctionVersion {
     pub digest: String,
     /// Bundle size in bytes.
     pub size: i64,
-    /// Limits and policy as JSON; opaque to the store.
+    /// Limits, policy, environment and allow-list as JSON; opaque to the store.
     pub config: serde_json::Value,
+    /// The function's secrets, sealed (encrypted) by the host: names and ciphertexts,
+    /// opaque to the store, kept apart from `config` so no view of the config can
+    /// carry them. Never serialized with the version.
+    #[serde(skip)]
+    pub secrets: SealedSecrets,
     /// Whether calls can run it.
     pub status: VersionStatus,
     /// Why the status is what it is (e.g. the compile error), if anything to say.
     pub status_message: Option<String>,
     /// When the version was added, unix milliseconds.
     pub created_at: i64,
+}
+
+/// A function version's secrets as the store keeps them: each name with its value
+/// sealed by the host's key (see `crate::secrets`). Its `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedSecrets(pub std::collections::BTreeMap<String, String>);
+
+impl fmt::Debug for SealedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl SealedSecrets {
+    /// The secrets' names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Which call records [`Store::list_calls`](super::Store::list_calls) returns.

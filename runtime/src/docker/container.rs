@@ -26,7 +26,7 @@ use super::protocol::{AgentMessage, FrameReader, HostMessage, ProtocolError, enc
 use super::{ContainerRuntime, RunMode};
 use crate::egress::EgressStats;
 use crate::error::{Error, Result};
-use crate::executor::{CallOutcome, CallRequest, CallResult, FunctionSpec};
+use crate::executor::{CallOutcome, CallRequest, CallResult, Env, FunctionSpec};
 use crate::limits::Limits;
 
 /// The uid functions run as: not root, not any user of the image.
@@ -141,6 +141,9 @@ pub(crate) struct Start<'a> {
     /// The handler to load at start; `None` for a runtime-level instance, whose agent
     /// waits for `init` (see [`load`]).
     pub handler: Option<&'a str>,
+    /// The function's variables and secrets, sent in `init` with the handler; empty
+    /// for a runtime-level instance, which gets its function's in [`load`].
+    pub env: &'a Env,
     pub host_id: &'a str,
 }
 
@@ -246,6 +249,7 @@ async fn start_by(
         runtime,
         image,
         handler,
+        env: function_env,
         host_id,
     } = *what;
     let instance_id = uuid_like();
@@ -369,6 +373,7 @@ async fn start_by(
                         handler,
                         &runtime.path,
                         None,
+                        function_env,
                         deadline,
                     )
                     .await?
@@ -444,6 +449,7 @@ pub(crate) async fn load(
         handler,
         workdir,
         Some(bundle),
+        &spec.env,
         deadline,
     )
     .await
@@ -459,6 +465,8 @@ async fn await_agent(instance: &mut ContainerInstance, deadline: Instant) -> Res
     }
 }
 
+// What `init` carries, one argument each; the two callers name them all.
+#[allow(clippy::too_many_arguments)]
 async fn init_agent(
     instance: &mut ContainerInstance,
     function: &str,
@@ -466,6 +474,7 @@ async fn init_agent(
     handler: &str,
     workdir: &str,
     bundle: Option<&str>,
+    env: &Env,
     deadline: Instant,
 ) -> Result<()> {
     let max_frame = frame_limit(limits);
@@ -478,7 +487,12 @@ async fn init_agent(
         function,
         handler,
         workdir,
-        env: HashMap::new(),
+        // The function's configuration arrives with its code, never before: a
+        // runtime-level instance holds none until a function claims it.
+        env: env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
         max_log_bytes: limits.max_log_bytes,
         max_output_bytes: limits.max_output_bytes,
         max_frame_bytes: max_frame as u64,
@@ -820,7 +834,15 @@ async fn invoke_command(
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
-                env: Some(vec![format!("NEWT_CALL_ID={}", call.call_id)]),
+                // A command-mode function has no `init`: its configuration comes with
+                // each call's process.
+                env: Some(
+                    spec.env
+                        .iter()
+                        .map(|(name, value)| format!("{name}={value}"))
+                        .chain([format!("NEWT_CALL_ID={}", call.call_id)])
+                        .collect(),
+                ),
                 ..Default::default()
             },
         )

@@ -9,8 +9,9 @@
 //! between calls.
 //!
 //! The module ABI: input on stdin, output on stdout, logs on stderr, exit code 0 for
-//! success. The guest sees two environment variables (`NEWT_FUNCTION`,
-//! `NEWT_CALL_ID`), no arguments, no files and no sockets.
+//! success. The guest sees its function's variables and secrets and two of newt's
+//! (`NEWT_FUNCTION`, `NEWT_CALL_ID`) in its environment, no arguments, no files and no
+//! sockets.
 //!
 //! A component (the `wasi:http/proxy` world) gets the call as an HTTP request and
 //! answers with status, headers and body ([`component`]). Which of the two a bundle
@@ -590,7 +591,13 @@ impl Executor for WasmExecutor {
             }
         };
         let stdout = CappedPipe::new(limits.max_output_bytes as usize, Overflow::Trap);
-        let wasi = WasiCtxBuilder::new()
+        let mut wasi = WasiCtxBuilder::new();
+        // The function's configuration and secrets first; the NEWT_* names are reserved
+        // (the host refuses them), so newt's own always say what newt means.
+        for (name, value) in spec.env.iter() {
+            wasi.env(name, value);
+        }
+        let wasi = wasi
             .stdin(MemoryInputPipe::new(call.input.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())

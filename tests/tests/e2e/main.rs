@@ -7,6 +7,7 @@ mod bench;
 mod builds;
 mod cancel;
 mod cli;
+mod config;
 mod components;
 mod containers;
 mod hardening;

@@ -24,7 +24,8 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 use super::{
-    CallFilter, CallRecord, FunctionVersion, Recovery, Store, StoredRoute, VersionStatus,
+    CallFilter, CallRecord, FunctionVersion, Recovery, SealedSecrets, Store, StoredRoute,
+    VersionStatus,
 };
 use writer::Writer;
 pub(crate) use writer::is_sqlite_full;
@@ -166,12 +167,19 @@ impl Store for SqliteStore {
         digest: &str,
         size: i64,
         config: &serde_json::Value,
+        secrets: &SealedSecrets,
         status: VersionStatus,
     ) -> Result<FunctionVersion> {
-        let (name, runtime, digest) = (name.to_owned(), runtime.to_owned(), digest.to_owned());
-        let config = config.clone();
-        self.write(move |conn| versions::add(conn, &name, &runtime, &digest, size, &config, status))
-            .await
+        let new = versions::NewVersion {
+            name: name.to_owned(),
+            runtime: runtime.to_owned(),
+            digest: digest.to_owned(),
+            size,
+            config: config.clone(),
+            secrets: secrets.clone(),
+            status,
+        };
+        self.write(move |conn| versions::add(conn, new)).await
     }
 
     async fn set_version_status(

@@ -65,6 +65,10 @@ const MIGRATIONS: &[&str] = &[
         methods    TEXT    NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 6: a function version's secrets, sealed by the host (a JSON object of name to
+    // ciphertext; NULL: none), apart from `config` so nothing that shows a config can
+    // show them.
+    "ALTER TABLE function_versions ADD COLUMN secrets TEXT;",
 ];
 
 /// Applies the migrations this database has not seen yet, each in its own transaction.

@@ -6,10 +6,10 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, Row, ToSql, TransactionBehavior, params};
 
 use super::now_ms;
-use crate::store::{FunctionVersion, VersionStatus};
+use crate::store::{FunctionVersion, SealedSecrets, VersionStatus};
 
 const VERSION_COLUMNS: &str =
-    "name, version, runtime, digest, size, config, status, status_message, created_at";
+    "name, version, runtime, digest, size, config, status, status_message, created_at, secrets";
 
 impl ToSql for VersionStatus {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -26,18 +26,35 @@ impl FromSql for VersionStatus {
     }
 }
 
+/// A version to add, as [`add`] takes it.
+pub(super) struct NewVersion {
+    pub name: String,
+    pub runtime: String,
+    pub digest: String,
+    pub size: i64,
+    pub config: serde_json::Value,
+    pub secrets: SealedSecrets,
+    pub status: VersionStatus,
+}
+
 /// Adds a version of function `name` numbered one more than any version the name
 /// ever had.
-pub(super) fn add(
-    conn: &mut Connection,
-    name: &str,
-    runtime: &str,
-    digest: &str,
-    size: i64,
-    config: &serde_json::Value,
-    status: VersionStatus,
-) -> Result<FunctionVersion> {
-    let config_text = serde_json::to_string(config).context("encoding function config")?;
+pub(super) fn add(conn: &mut Connection, new: NewVersion) -> Result<FunctionVersion> {
+    let NewVersion {
+        name,
+        runtime,
+        digest,
+        size,
+        config,
+        secrets,
+        status,
+    } = new;
+    let name = name.as_str();
+    let config_text = serde_json::to_string(&config).context("encoding function config")?;
+    let secrets_text = match secrets.is_empty() {
+        true => None,
+        false => Some(serde_json::to_string(&secrets).context("encoding sealed secrets")?),
+    };
     let created_at = now_ms();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -51,7 +68,8 @@ pub(super) fn add(
         .with_context(|| format!("reading the last version of function {name}"))?;
     tx.execute(
         "INSERT INTO function_versions (name, version, runtime, digest, size, config, \
-         status, status_message, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+         status, status_message, created_at, secrets) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9)",
         params![
             name,
             version,
@@ -60,7 +78,8 @@ pub(super) fn add(
             size,
             config_text,
             status,
-            created_at
+            created_at,
+            secrets_text
         ],
     )
     .with_context(|| format!("inserting version {version} of function {name}"))?;
@@ -69,10 +88,11 @@ pub(super) fn add(
     Ok(FunctionVersion {
         name: name.to_owned(),
         version,
-        runtime: runtime.to_owned(),
-        digest: digest.to_owned(),
+        runtime,
+        digest,
         size,
-        config: config.clone(),
+        config,
+        secrets,
         status,
         status_message: None,
         created_at,
@@ -149,11 +169,12 @@ pub(super) fn of_function(conn: &Connection, name: &str) -> Result<Vec<FunctionV
     read().with_context(|| format!("listing versions of function {name}"))
 }
 
-/// Hides every live version of `name`; `false` if there was none.
+/// Hides every live version of `name` and erases their sealed secrets (a deleted
+/// function is never served again); `false` if there was none.
 pub(super) fn delete_function(conn: &Connection, name: &str) -> Result<bool> {
     let changed = conn
         .execute(
-            "UPDATE function_versions SET deleted_at = ?2 \
+            "UPDATE function_versions SET deleted_at = ?2, secrets = NULL \
              WHERE name = ?1 AND deleted_at IS NULL",
             params![name, now_ms()],
         )
@@ -163,6 +184,13 @@ pub(super) fn delete_function(conn: &Connection, name: &str) -> Result<bool> {
 
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionVersion> {
     let config: String = row.get(5)?;
+    let secrets: Option<String> = row.get(9)?;
+    let secrets = match secrets {
+        None => SealedSecrets::default(),
+        Some(text) => serde_json::from_str(&text).map_err(|err| {
+            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, err.into())
+        })?,
+    };
     Ok(FunctionVersion {
         name: row.get(0)?,
         version: row.get(1)?,
@@ -172,6 +200,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionVersion> {
         config: serde_json::from_str(&config).map_err(|err| {
             rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, err.into())
         })?,
+        secrets,
         status: row.get(6)?,
         status_message: row.get(7)?,
         created_at: row.get(8)?,
@@ -182,15 +211,65 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<FunctionVersion> {
 mod tests {
     use super::super::open_connection;
     use super::super::testing::{call, open_temp};
-    use crate::store::{CallStatus, Store, VersionStatus};
+    use crate::store::{CallStatus, SealedSecrets, Store, VersionStatus};
     use serde_json::json;
+
+    fn none() -> SealedSecrets {
+        SealedSecrets::default()
+    }
+
+    #[tokio::test]
+    async fn sealed_secrets_read_back_and_go_with_a_delete() {
+        let (_dir, path, store) = open_temp();
+        let sealed = SealedSecrets([("API_KEY".to_string(), "v1.sealed".to_string())].into());
+        let added = store
+            .add_version(
+                "hello",
+                "wasm",
+                "aa",
+                10,
+                &json!({}),
+                &sealed,
+                VersionStatus::Ready,
+            )
+            .await
+            .unwrap();
+        assert_eq!(added.secrets, sealed);
+        assert_eq!(store.versions("hello").await.unwrap()[0].secrets, sealed);
+        assert_eq!(store.current_versions().await.unwrap()[0].secrets, sealed);
+        // Names only, in Debug: a version in a log line carries no ciphertext either.
+        assert_eq!(format!("{:?}", added.secrets), r#"{"API_KEY"}"#);
+        // Not in the config column: what shows a config cannot show a secret.
+        let config: String = open_connection(&path)
+            .unwrap()
+            .query_row("SELECT config FROM function_versions", [], |row| row.get(0))
+            .unwrap();
+        assert!(!config.contains("sealed"), "{config}");
+
+        assert!(store.delete_function("hello").await.unwrap());
+        let left: Option<String> = open_connection(&path)
+            .unwrap()
+            .query_row("SELECT secrets FROM function_versions", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(left, None, "a deleted function's secrets are erased");
+    }
 
     #[tokio::test]
     async fn versions_increase_and_delete_hides_function_but_keeps_calls() {
         let (_dir, _path, store) = open_temp();
         let config = json!({"memory_mb": 64});
         let v1 = store
-            .add_version("hello", "wasm", "aa", 10, &config, VersionStatus::Ready)
+            .add_version(
+                "hello",
+                "wasm",
+                "aa",
+                10,
+                &config,
+                &none(),
+                VersionStatus::Ready,
+            )
             .await
             .unwrap();
         let v2 = store
@@ -200,12 +279,21 @@ mod tests {
                 "bb",
                 20,
                 &json!({}),
+                &none(),
                 VersionStatus::Pending,
             )
             .await
             .unwrap();
         store
-            .add_version("dice", "wasm", "cc", 30, &config, VersionStatus::Ready)
+            .add_version(
+                "dice",
+                "wasm",
+                "cc",
+                30,
+                &config,
+                &none(),
+                VersionStatus::Ready,
+            )
             .await
             .unwrap();
         assert_eq!((v1.version, v2.version), (1, 2));
@@ -252,7 +340,15 @@ mod tests {
         assert_eq!(store.get_call(&record.id).await.unwrap(), Some(record));
 
         let v3 = store
-            .add_version("hello", "wasm", "dd", 40, &config, VersionStatus::Ready)
+            .add_version(
+                "hello",
+                "wasm",
+                "dd",
+                40,
+                &config,
+                &none(),
+                VersionStatus::Ready,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -272,6 +368,7 @@ mod tests {
                 "aa",
                 10,
                 &json!({}),
+                &none(),
                 VersionStatus::Pending,
             )
             .await

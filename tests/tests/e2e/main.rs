@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod components;
 mod containers;
+mod egress;
 mod hardening;
 mod hostile;
 mod limits;

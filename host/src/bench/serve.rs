@@ -63,7 +63,7 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds the component (cargo skips it when nothing changed) and returns its path.
-async fn build_component() -> anyhow::Result<PathBuf> {
+pub async fn build_component() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO")
         .map(PathBuf::from)
         .or_else(|| find_on_path("cargo"))

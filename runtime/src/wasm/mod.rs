@@ -650,6 +650,10 @@ impl Executor for WasmExecutor {
             error: None,
         }
     }
+
+    fn egress_stats(&self) -> Option<Arc<EgressStats>> {
+        Some(self.egress.clone())
+    }
 }
 
 /// Makes a guest's start function yield at every epoch tick, so a looping one cannot

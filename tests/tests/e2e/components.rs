@@ -7,16 +7,25 @@
 
 use crate::support::{deploy, error_of, header, http, invoke};
 use newt_tests::{Server, fixture};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GREETING: &str = r#"{"greeting":"Hello, world!"}"#;
 
-/// The http-hello component, built once for wasm32-wasip2 into the target directory.
-fn hello_component() -> Option<Vec<u8>> {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    match BUILT.get_or_init(build_hello) {
+/// The http-hello component, built for wasm32-wasip2 the way `newt bench` builds it
+/// (once, into its cache).
+async fn hello_component() -> Option<Vec<u8>> {
+    static BUILT: tokio::sync::OnceCell<Result<PathBuf, String>> =
+        tokio::sync::OnceCell::const_new();
+    let built = BUILT
+        .get_or_init(|| async {
+            newt_host::bench::serve::build_component()
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await;
+    match built {
         Ok(path) => Some(std::fs::read(path).unwrap()),
         Err(why) if std::env::var_os("CI").is_none() && why.contains("wasm32-wasip2") => {
             eprintln!("skipped: {why}");
@@ -26,51 +35,9 @@ fn hello_component() -> Option<Vec<u8>> {
     }
 }
 
-fn build_hello() -> Result<PathBuf, String> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .map_err(|e| format!("running rustc: {e}"))?;
-    let lib = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim())
-        .join("lib/rustlib/wasm32-wasip2/lib");
-    if std::fs::read_dir(&lib).map_or(true, |mut e| e.next().is_none()) {
-        return Err("the wasm32-wasip2 target is not installed (scripts/setup.sh adds it)".into());
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/bench-fixtures/http-hello");
-    // Built from a copy, so the source tree gets no Cargo.lock or target directory.
-    let work = newt_tests::target_dir().join("e2e-components/http-hello");
-    std::fs::create_dir_all(work.join("src")).unwrap();
-    for file in ["Cargo.toml", "src/lib.rs"] {
-        let text = std::fs::read(source.join(file)).unwrap();
-        if std::fs::read(work.join(file)).ok().as_ref() != Some(&text) {
-            std::fs::write(work.join(file), text).unwrap();
-        }
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .arg("--manifest-path")
-        .arg(work.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(work.join("target"))
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building http-hello for wasm32-wasip2 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(work.join("target/wasm32-wasip2/release/http_hello.wasm"))
-}
-
 #[tokio::test]
 async fn a_wasi_http_component_deploys_and_answers_invoke() {
-    let Some(component) = hello_component() else {
+    let Some(component) = hello_component().await else {
         return;
     };
     let server = Server::start();
@@ -126,7 +93,7 @@ async fn a_component_that_is_not_a_wasi_http_proxy_is_refused() {
 /// CLI is installed (newt does not need it; `newt bench` compares the two).
 #[tokio::test]
 async fn the_same_component_answers_alike_under_wasmtime_serve() {
-    let Some(component) = hello_component() else {
+    let Some(component) = hello_component().await else {
         return;
     };
     let Ok(version) = Command::new("wasmtime").arg("--version").output() else {

@@ -23,6 +23,29 @@ pub const MAX_ENTRIES: usize = 64;
 /// How long resolving a name may take before the connection is refused.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long connecting to an allowed destination may take, per address.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the first of `addrs` (what [`AllowList::resolve`] checked) that answers
+/// within `timeout`; the error names the last address tried and why it failed.
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        last = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => std::io::Error::new(e.kind(), format!("{addr}: {e}")),
+            Err(_) => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{addr}: no answer in {timeout:?}"),
+            ),
+        };
+    }
+    Err(last)
+}
+
 /// The destinations one function may reach. Empty (the default): none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {

@@ -11,14 +11,13 @@
 //! Dropping the proxy closes its socket and every tunnel it opened.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -29,9 +28,6 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long connecting to an allowed destination may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections one proxy serves at once; more wait for a place.
 const MAX_CONNECTIONS: usize = 64;
@@ -156,7 +152,7 @@ async fn serve(mut client: UnixStream, allow: &AllowList, stats: &EgressStats) {
             return;
         }
     };
-    let mut upstream = match connect(&addrs).await {
+    let mut upstream = match super::connect(&addrs, super::CONNECT_TIMEOUT).await {
         Ok(stream) => stream,
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -297,18 +293,6 @@ fn origin_form(head: &Head, path: &str) -> Vec<u8> {
     out
 }
 
-async fn connect(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in addrs {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-        }
-    }
-    Err(last)
-}
-
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, why: &str) -> io::Result<()> {
     let reason = match status {
         400 => "Bad Request",
@@ -328,6 +312,7 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, why: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     /// A loopback HTTP server on `ip` answering every request with `name` and the

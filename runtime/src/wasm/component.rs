@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -28,10 +27,6 @@ use super::GuestLimiter;
 use super::pipes::CappedPipe;
 use crate::egress::{AllowList, EgressStats};
 use crate::executor::{CallRequest, CallResult, HttpResponse};
-
-/// How long connecting to an allowed destination may take (the call's deadline bounds
-/// the whole request anyway).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The request a plain invoke (no HTTP route) becomes.
 const INVOKE_METHOD: &str = "POST";
@@ -181,27 +176,17 @@ async fn send(
     }
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
-        .unwrap_or(CONNECT_TIMEOUT);
-    let mut last_error = None;
-    let mut stream = None;
-    for address in &addresses {
-        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address)).await {
-            Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last_error = Some(format!("{address}: {e}")),
-            Err(_) => last_error = Some(format!("{address}: no answer in {connect_timeout:?}")),
+        .unwrap_or(crate::egress::CONNECT_TIMEOUT);
+    let stream = match crate::egress::connect(&addresses, connect_timeout).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            note(format!(
+                "outgoing request to {}:{port} failed: {e}",
+                authority.host()
+            ));
+            return Err(HttpError::ConnectionRefused);
         }
-    }
-    let Some(stream) = stream else {
-        stats.failed.fetch_add(1, Ordering::Relaxed);
-        note(format!(
-            "outgoing request to {}:{port} failed: {}",
-            authority.host(),
-            last_error.unwrap_or_default()
-        ));
-        return Err(HttpError::ConnectionRefused);
     };
     stats.allowed.fetch_add(1, Ordering::Relaxed);
     let (mut sender, conn) =

@@ -3,7 +3,8 @@
 use newt_tests::{Server, guest, newt_bin};
 use std::process::{Command, Output};
 
-fn newt(server: &Server, args: &[&str]) -> Output {
+/// Runs the `newt` CLI against `server` (no token).
+pub(crate) fn newt(server: &Server, args: &[&str]) -> Output {
     Command::new(newt_bin())
         .args(args)
         .env("NEWT_SERVER", &server.base)
@@ -12,7 +13,8 @@ fn newt(server: &Server, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout_of(output: &Output) -> String {
+/// A CLI run's stdout; fails the test with its output when it failed.
+pub(crate) fn stdout_of(output: &Output) -> String {
     assert!(
         output.status.success(),
         "newt failed: {}\n{}",

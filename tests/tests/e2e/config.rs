@@ -3,6 +3,7 @@
 //! shows up in no API answer, call record, database file or log.
 
 use crate::containers::deploy_python;
+use crate::pools_python::{generic_idle, prewarm_python};
 use crate::support::{error_of, eventually, get_json, header, http, invoke};
 use newt_tests::{Server, containers_of, docker_available, fixture, newt_bin, tar_gz};
 use serde_json::{Value, json};
@@ -407,26 +408,7 @@ async fn a_prewarmed_python_call_gets_the_functions_configuration() {
         return;
     }
     let server = Server::start();
-    let response = http()
-        .patch(server.url("/v1/runtimes/python"))
-        .json(&json!({"preload": "runtime", "min_warm": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let generic_idle = async || {
-        let (_, pools) = get_json(&server, "/v1/pools").await;
-        pools["runtime_pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["runtime"] == "python")
-            .map_or(0, |p| p["idle"].as_u64().unwrap_or(0))
-    };
-    eventually(600, "a runtime-level container", async || {
-        generic_idle().await == 1
-    })
-    .await;
+    prewarm_python(&server).await;
 
     let token = secret();
     deploy_python(
@@ -451,7 +433,7 @@ async fn a_prewarmed_python_call_gets_the_functions_configuration() {
     // The refilled runtime-level container is generic again: it holds nothing of the
     // function's until one claims it.
     eventually(600, "the runtime-level pool refilled", async || {
-        generic_idle().await == 1
+        generic_idle(&server).await == 1
     })
     .await;
     assert!(!in_container_env(&server, &token));

@@ -62,33 +62,14 @@ async fn python_runtime_level_containers_are_taken_and_refilled() {
         return;
     }
     let server = Server::start();
-    let response = http()
-        .patch(server.url("/v1/runtimes/python"))
-        .json(&serde_json::json!({"preload": "runtime", "min_warm": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let generic_idle = async || {
-        let (_, pools) = get_json(&server, "/v1/pools").await;
-        pools["runtime_pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["runtime"] == "python")
-            .map_or(0, |p| p["idle"].as_u64().unwrap_or(0))
-    };
-    eventually(600, "a runtime-level container", async || {
-        generic_idle().await == 1
-    })
-    .await;
+    prewarm_python(&server).await;
 
     deploy_python(&server, "fresh", bundle(), "").await;
     assert_eq!(start_of(&server, "fresh", "{}").await, "prewarmed");
     // The container now belongs to the function; the runtime level refills.
     assert_eq!(start_of(&server, "fresh", "{}").await, "warm");
     eventually(600, "the runtime-level pool refilled", async || {
-        generic_idle().await == 1
+        generic_idle(&server).await == 1
     })
     .await;
 }
@@ -146,4 +127,31 @@ async fn sigterm_finishes_python_calls_then_removes_every_container() {
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "containers left after shutdown");
+}
+
+/// Asks the python runtime for one runtime-level (generic) container and waits until
+/// it is idle.
+pub(crate) async fn prewarm_python(server: &Server) {
+    let response = http()
+        .patch(server.url("/v1/runtimes/python"))
+        .json(&serde_json::json!({"preload": "runtime", "min_warm": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually(600, "a runtime-level container", async || {
+        generic_idle(server).await == 1
+    })
+    .await;
+}
+
+/// Idle runtime-level containers of the python runtime.
+pub(crate) async fn generic_idle(server: &Server) -> u64 {
+    let (_, pools) = get_json(server, "/v1/pools").await;
+    pools["runtime_pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["runtime"] == "python")
+        .map_or(0, |p| p["idle"].as_u64().unwrap_or(0))
 }

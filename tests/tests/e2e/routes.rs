@@ -2,30 +2,11 @@
 //! `newt route`, the request envelope a function sees and the `statusCode` answer it
 //! may give, with the same tokens and records as `invoke`.
 
+use crate::cli::{newt, stdout_of};
 use crate::containers::deploy_python;
 use crate::support::{deploy, error_of, get_json, header, http};
-use newt_tests::{Server, docker_available, fixture, newt_bin, tar_gz};
+use newt_tests::{Server, docker_available, fixture, tar_gz};
 use serde_json::{Value, json};
-use std::process::{Command, Output};
-
-fn newt(server: &Server, args: &[&str]) -> Output {
-    Command::new(newt_bin())
-        .args(args)
-        .env("NEWT_SERVER", &server.base)
-        .env_remove("NEWT_TOKEN")
-        .output()
-        .unwrap()
-}
-
-fn stdout_of(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "newt failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test]
 async fn fn_paths_reach_a_wasm_guest_as_an_envelope_and_are_recorded() {

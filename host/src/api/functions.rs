@@ -457,12 +457,7 @@ fn outcome_response(call_id: &str, outcome: CallOutcome) -> Response {
     let (start, timings) = (outcome.start, outcome.timings);
     let mut response = match outcome.result {
         CallResult::Done => {
-            let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&outcome.output).is_ok();
-            let content_type = if is_json {
-                "application/json"
-            } else {
-                "application/octet-stream"
-            };
+            let content_type = crate::service::routes::output_content_type(&outcome.output);
             let mut response = Response::new(Body::from(outcome.output));
             response
                 .headers_mut()

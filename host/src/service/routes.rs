@@ -422,16 +422,21 @@ pub fn decode_output(output: &Bytes) -> Result<HttpAnswer, String> {
     })
 }
 
-/// Output that is not an envelope: a 200 body, typed as `invoke` types it.
-fn plain(output: Bytes) -> HttpAnswer {
-    let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&output).is_ok() {
+/// The content type `invoke` gives a function's output: JSON when it parses as JSON,
+/// bytes otherwise.
+pub fn output_content_type(output: &[u8]) -> &'static str {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(output).is_ok() {
         "application/json"
     } else {
         "application/octet-stream"
-    };
+    }
+}
+
+/// Output that is not an envelope: a 200 body, typed as `invoke` types it.
+fn plain(output: Bytes) -> HttpAnswer {
     HttpAnswer {
         status: 200,
-        headers: vec![("content-type".into(), content_type.into())],
+        headers: vec![("content-type".into(), output_content_type(&output).into())],
         body: output,
     }
 }

@@ -154,10 +154,12 @@ async fn max_instances_caps_the_pool_and_queued_calls_all_finish() {
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after_and_nothing_hangs() {
     let server = Server::start();
+    // 3 s calls: all 50 requests arrive while the first six hold every place (with
+    // 200 ms calls, a request that connected late found a place freed, and a 7th ran).
     deploy(
         &server,
         "nap",
-        fixture!("nap"),
+        fixture!("nap3"),
         "?max_instances=2&max_queue=4",
     )
     .await;

@@ -6,14 +6,28 @@
 //! response back into a call outcome, and the outgoing-request hook that enforces the
 //! function's `allow_outbound` list.
 //!
+//! Outgoing requests speak HTTP/1.1, over plain TCP for `http://` and over TLS (rustls,
+//! ALPN `http/1.1`) for `https://`. The order is fixed: the allow-list check and its
+//! resolution first, then a connection to an address it returned (no second DNS
+//! lookup), then the TLS handshake, which verifies the certificate against the URI's
+//! host. The trusted roots are Mozilla's (webpki-roots), plus the PEM certificates of
+//! the file named by `NEWT_EGRESS_CA_FILE` in newt's own environment (a corporate CA, a
+//! test's self-signed one), read once on the first https request.
+//!
 //! The same `.wasm` runs unchanged under `wasmtime serve`: newt links what it links (WASI
 //! preview 2 and wasi:http), with a context that grants no files and no sockets, and
 //! requires the `wasi:http/incoming-handler` export.
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use std::sync::Arc;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -31,6 +45,121 @@ use crate::executor::{CallRequest, CallResult, HttpResponse};
 /// The request a plain invoke (no HTTP route) becomes.
 const INVOKE_METHOD: &str = "POST";
 const INVOKE_CONTENT_TYPE: &str = "application/json";
+
+/// The environment variable (of newt's own process) naming a PEM file of root
+/// certificates that components' https requests trust besides Mozilla's.
+const EGRESS_CA_FILE_ENV: &str = "NEWT_EGRESS_CA_FILE";
+
+/// Largest CA file read: a full system bundle is a few hundred KiB.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
+/// The TLS client of components' https requests, made on the first one and shared by
+/// every call after it (the roots do not change while newt runs). An unusable CA file
+/// is kept as its error, so each https request fails with the reason in its call's
+/// logs instead of newt panicking or silently trusting less than the operator asked.
+static TLS: LazyLock<Result<tokio_rustls::TlsConnector, String>> = LazyLock::new(|| {
+    let ca_file = std::env::var_os(EGRESS_CA_FILE_ENV).filter(|v| !v.is_empty());
+    tls_config(ca_file.as_deref().map(Path::new))
+        .map(|config| tokio_rustls::TlsConnector::from(Arc::new(config)))
+});
+
+/// A client configuration trusting Mozilla's roots and those of `ca_file`, on the ring
+/// provider, offering HTTP/1.1 only by ALPN (the only protocol `send` speaks).
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let named = format!("{EGRESS_CA_FILE_ENV}={}", path.display());
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut pem))
+            .map_err(|e| format!("{named} cannot be read: {e}"))?;
+        if pem.len() as u64 > MAX_CA_FILE_BYTES {
+            return Err(format!(
+                "{named} is larger than {MAX_CA_FILE_BYTES} bytes: name a PEM file of CA \
+                 certificates"
+            ));
+        }
+        let mut added = 0;
+        for (n, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+            let cert =
+                cert.map_err(|e| format!("{named}: certificate {} is not valid PEM: {e}", n + 1))?;
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "{named}: certificate {} is not a usable CA certificate: {e}",
+                    n + 1
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "{named} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("the TLS client cannot be configured: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The name a server's certificate must carry: the URI's host, an IP address (IPv6 in
+/// brackets in a URI) or a DNS name.
+fn server_name(host: &str) -> Option<ServerName<'static>> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(ServerName::from(ip)),
+        Err(_) => ServerName::try_from(bare.to_string()).ok(),
+    }
+}
+
+/// The wasi:http error code of a failed TLS handshake: a certificate that does not
+/// verify (unknown issuer, wrong name, expired), an alert from the server, or anything
+/// else in the protocol.
+fn tls_error(e: &std::io::Error) -> HttpError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => HttpError::TlsCertificateError,
+        Some(rustls::Error::AlertReceived(alert)) => HttpError::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        _ => HttpError::TlsProtocolError,
+    }
+}
+
+/// The byte stream a request goes over: plain TCP or TLS over it.
+trait Connection: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
+
+/// Does the TLS handshake over `stream`, verifying the certificate against `name`,
+/// within `timeout`.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    connector: &tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, (HttpError, String)> {
+    match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err((tls_error(&e), format!("TLS handshake failed: {e}"))),
+        Err(_) => Err((
+            HttpError::ConnectionTimeout,
+            format!("TLS handshake did not finish in {timeout:?}"),
+        )),
+    }
+}
 
 /// What a component's store holds.
 pub(super) struct ComponentGuest {
@@ -131,8 +260,8 @@ impl Drop for ConnTask {
     }
 }
 
-/// Checks the destination against the allow-list, connects to a checked address and
-/// sends the request over HTTP/1.1.
+/// Checks the destination against the allow-list, connects to a checked address, does
+/// the TLS handshake for `https` and sends the request over HTTP/1.1.
 async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
@@ -163,31 +292,44 @@ async fn send(
             return Err(HttpError::HttpRequestDenied);
         }
     };
-    if https {
-        // The destination is allowed, but newt's component client speaks plain HTTP
-        // only: say so rather than send the request unencrypted.
+    let host = authority.host();
+    let fail = |code: HttpError, why: String| {
         stats.failed.fetch_add(1, Ordering::Relaxed);
-        let why = format!(
-            "https to {}:{port} from a wasm component is not supported yet (plain http only)",
-            authority.host()
-        );
-        note(format!("outgoing request failed: {why}"));
-        return Err(HttpError::InternalError(Some(why)));
-    }
+        note(format!("outgoing request to {host}:{port} failed: {why}"));
+        code
+    };
+    // Everything TLS needs is settled before connecting: no connection is opened for a
+    // request that cannot be verified.
+    let tls = match https {
+        false => None,
+        true => {
+            let connector = match &*TLS {
+                Ok(connector) => connector,
+                Err(why) => return Err(fail(HttpError::ConfigurationError, why.clone())),
+            };
+            let Some(name) = server_name(host) else {
+                let why = format!("{host:?} is not a name a TLS certificate can carry");
+                return Err(fail(HttpError::HttpRequestUriInvalid, why));
+            };
+            Some((connector, name))
+        }
+    };
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
         .unwrap_or(crate::egress::CONNECT_TIMEOUT);
-    let stream = match crate::egress::connect(&addresses, connect_timeout).await {
+    let tcp = match crate::egress::connect(&addresses, connect_timeout).await {
         Ok(stream) => stream,
-        Err(e) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            note(format!(
-                "outgoing request to {}:{port} failed: {e}",
-                authority.host()
-            ));
-            return Err(HttpError::ConnectionRefused);
-        }
+        Err(e) => return Err(fail(HttpError::ConnectionRefused, e.to_string())),
     };
+    let stream: Box<dyn Connection> = match tls {
+        None => Box::new(tcp),
+        Some((connector, name)) => match handshake(tcp, connector, name, connect_timeout).await {
+            Ok(tls) => Box::new(tls),
+            Err((code, why)) => return Err(fail(code, why)),
+        },
+    };
+    // Counted once the connection is usable, so each request counts as exactly one of
+    // allowed, denied or failed.
     stats.allowed.fetch_add(1, Ordering::Relaxed);
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
@@ -438,4 +580,89 @@ pub(super) fn proxy_pre(
              of the wasi:http/proxy world (as built for `wasmtime serve` or Spin): {e:#}"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_ca_file_the_client_trusts_mozillas_roots_and_offers_http1_only() {
+        let config = tls_config(None).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_an_error_naming_the_variable_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = tls_config(Some(&missing)).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "NEWT_EGRESS_CA_FILE={} cannot be read",
+                missing.display()
+            )),
+            "{err}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let err = tls_config(Some(&empty)).unwrap_err();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+
+        // Well-formed PEM around bytes that are no certificate.
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = tls_config(Some(&junk)).unwrap_err();
+        assert!(
+            err.contains("certificate 1 is not a usable CA certificate"),
+            "{err}"
+        );
+
+        let huge = dir.path().join("huge.pem");
+        std::fs::write(&huge, vec![b'A'; MAX_CA_FILE_BYTES as usize + 1]).unwrap();
+        let err = tls_config(Some(&huge)).unwrap_err();
+        assert!(err.contains("is larger than"), "{err}");
+    }
+
+    #[test]
+    fn the_server_name_is_the_uri_host() {
+        assert_eq!(
+            server_name("example.com"),
+            Some(ServerName::try_from("example.com").unwrap())
+        );
+        assert_eq!(
+            server_name("127.0.0.2"),
+            Some(ServerName::from(std::net::Ipv4Addr::new(127, 0, 0, 2)))
+        );
+        assert_eq!(
+            server_name("[::1]"),
+            Some(ServerName::from(std::net::Ipv6Addr::LOCALHOST))
+        );
+        assert_eq!(server_name("bad name"), None);
+    }
+
+    #[test]
+    fn handshake_failures_map_to_the_wasi_tls_error_codes() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(matches!(
+            tls_error(&io(unknown)),
+            HttpError::TlsCertificateError
+        ));
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert!(matches!(
+            tls_error(&io(alert)),
+            HttpError::TlsAlertReceived {
+                alert_id: Some(40),
+                ..
+            }
+        ));
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+        assert!(matches!(tls_error(&eof), HttpError::TlsProtocolError));
+    }
 }

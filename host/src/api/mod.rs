@@ -95,7 +95,7 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    // The seed platform's routes, with its bodies, behind the same token.
+    // The seed platform's routes, in its shapes (see `seed`), behind the same token.
     let seed_invoke = Router::new()
         .route(
             "/invokeFunction",
@@ -105,7 +105,7 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         .route("/calls", get(seed::calls))
         .route("/call/{num}", get(seed::call));
     let seed = Router::new()
-        .route("/registerRuntime", post(runtimes::create.layer(json())))
+        .route("/registerRuntime", post(seed::register_runtime.layer(json())))
         .route(
             "/registerFunction/{runtime}/{name}",
             post(seed::register_function.layer(bundle()))

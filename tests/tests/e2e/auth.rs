@@ -113,7 +113,7 @@ async fn invoke_tokens_invoke_and_read_only_their_own_calls() {
     let (_, listed) = send(Method::GET, server.url("/v1/calls"), Some(CI), b"").await;
     assert_eq!(listed["calls"].as_array().unwrap().len(), 0, "{listed}");
     let (_, seed) = send(Method::GET, server.url("/calls"), Some(CI), b"").await;
-    assert_eq!(seed.as_array().unwrap().len(), 0, "{seed}");
+    assert_eq!(seed.as_object().unwrap().len(), 0, "{seed}");
     let (_, listed) = send(Method::GET, server.url("/v1/calls"), Some(APP), b"").await;
     assert_eq!(listed["calls"].as_array().unwrap().len(), 1, "{listed}");
     // The admin sees everything.

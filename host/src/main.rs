@@ -5,7 +5,7 @@
 //! of a running server (`--server`), or a local helper for writing functions
 //! (`new`, `build`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use newt_host::commands;
 
 /// newt: a sandboxed WebAssembly and container function host.
@@ -44,8 +44,12 @@ enum Command {
     Runtimes(commands::runtimes::RuntimesArgs),
     /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
     Build(commands::build::BuildArgs),
-    /// Create a new function crate.
+    /// Create a new function: a Rust crate or a Python directory.
     New(commands::new::NewArgs),
+    /// Watch a function's code; rebuild and redeploy it on every save (Ctrl-C stops).
+    Dev(commands::dev::DevArgs),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions(commands::completions::CompletionsArgs),
     /// Measure cold, prewarmed and warm calls beside `wasmtime run`, `docker run`, ….
     Bench(commands::bench::BenchArgs),
 }
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::New(args) => commands::new::run(args),
+        Command::Completions(args) => commands::completions::run(args, Cli::command()),
         Command::Bench(args) => commands::bench::run(args),
         client_command => run_client(client_command),
     };
@@ -86,7 +91,12 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Pools(args) => commands::pools::run(args).await,
             Command::Route(args) => commands::route::run(args).await,
-            Command::Serve(_) | Command::Build(_) | Command::New(_) | Command::Bench(_) => {
+            Command::Dev(args) => commands::dev::run(args).await,
+            Command::Serve(_)
+            | Command::Build(_)
+            | Command::New(_)
+            | Command::Bench(_)
+            | Command::Completions(_) => {
                 unreachable!("handled before the client runtime starts")
             }
         }

@@ -1,5 +1,5 @@
-//! `newt new`: scaffold a function crate that `newt build` turns into a deployable
-//! `.wasm`.
+//! `newt new`: scaffold a function: a Rust crate that `newt build` turns into a
+//! deployable `.wasm`, or a Python directory that `newt deploy` packs as it is.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,8 @@ pub struct NewArgs {
 pub enum Lang {
     /// A Rust crate using newt-sdk, built to wasm32-wasip1 by `newt build`.
     Rust,
+    /// A directory with main.py and requirements.txt, run by the `python` runtime.
+    Python,
 }
 
 /// Writes `<dir>/<name>/` and prints the next steps.
@@ -57,6 +59,7 @@ pub fn run(args: NewArgs) -> Result<()> {
             };
             scaffold_rust(&crate_dir, &args.name, &sdk)?;
         }
+        Lang::Python => scaffold_python(&crate_dir, &args.name)?,
     }
     println!(
         "Created function `{}` in {}",
@@ -65,20 +68,28 @@ pub fn run(args: NewArgs) -> Result<()> {
     );
     println!();
     println!("Next steps:");
-    println!(
-        "  cd {} && newt build    # prints the path of the .wasm last",
-        crate_dir.display()
-    );
-    println!(
-        "  newt deploy {} target/wasm32-wasip1/release/{}.wasm",
-        args.name, args.name
-    );
+    let dir = crate_dir.display();
+    match args.lang {
+        Lang::Rust => {
+            println!(
+                "  newt deploy {} {dir}    # builds the crate, then deploys the .wasm",
+                args.name
+            );
+        }
+        Lang::Python => {
+            println!("  newt deploy {} {dir} --runtime python --wait", args.name);
+        }
+    }
     println!("  newt invoke {} '{{\"name\":\"x\"}}'", args.name);
+    println!(
+        "  newt dev {dir} --name {}    # redeploys on every save",
+        args.name
+    );
     Ok(())
 }
 
 /// Checks `name` against the function-name rule `[a-z0-9][a-z0-9-]{0,62}`.
-fn validate_function_name(name: &str) -> Result<()> {
+pub(crate) fn validate_function_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('-')
@@ -243,6 +254,71 @@ fn toml_string(s: &str) -> String {
     }
     quoted.push('"');
     quoted
+}
+
+/// Creates `dir` with a Python function `name`: `main.py` and `requirements.txt`.
+fn scaffold_python(dir: &Path, name: &str) -> Result<()> {
+    create_new_dir(dir)?;
+    let files = [
+        ("main.py", python_main(name)),
+        ("requirements.txt", PYTHON_REQUIREMENTS.to_string()),
+    ];
+    let written = files.iter().try_for_each(|(relative, contents)| {
+        let path = dir.join(relative);
+        fs::write(&path, contents).with_context(|| format!("could not write {}", path.display()))
+    });
+    if written.is_err() {
+        // Leave nothing half-written behind: the directory is ours, we just made it.
+        let _ = fs::remove_dir_all(dir);
+    }
+    written
+}
+
+/// `requirements.txt` of a new Python function: none yet, and how to add some.
+const PYTHON_REQUIREMENTS: &str = "\
+# Packages this function imports, one per line (pip's requirements format), e.g.
+#   requests==2.32.3
+# They are installed into the function's image at deploy. The build has no network
+# unless the server allows it (`newt serve --build-network bridge`): otherwise put the
+# wheels in a wheels/ folder beside this file and they install from there.
+";
+
+/// `main.py` of a new Python function `name`: a handler that works as it is, with the
+/// deploy command and the conventions it relies on in its docstring.
+fn python_main(name: &str) -> String {
+    format!(
+        r#""""{name}: a newt function in Python.
+
+Deploy this directory (newt packs it, builds the function's image and waits until it
+is ready), call it, and redeploy on every save while you work on it:
+
+    newt deploy {name} {name} --runtime python --wait
+    newt invoke {name} '{{"name": "Ada"}}'      # {{"greeting": "Hello, Ada!"}}
+    newt dev {name}
+
+`handler(event)` gets the call's JSON input and returns anything JSON-serialisable; it
+may take a second argument, `context` (function_name, call_id, deadline_ms,
+remaining_ms()). print() and stderr come back as the call's logs; an exception fails
+the call with its traceback. Packages go in requirements.txt.
+
+Called over HTTP (at /fn/{name}, or a path given with `newt route add PATH {name}`),
+`event` is the request: {{"method", "path", "query", "headers", "body"}}. Return
+{{"statusCode": 201, "headers": {{...}}, "body": "..."}} to choose the status and the
+headers; any other value is a 200 JSON answer.
+"""
+
+import os
+
+
+def handler(event):
+    # Variables set with `newt env set {name} GREETING=Hi` (or `newt deploy ... --env
+    # GREETING=Hi`) and secrets set with `newt secret set` are in os.environ.
+    greeting = os.environ.get("GREETING", "Hello")
+    name = event.get("name", "world") if isinstance(event, dict) else "world"
+    print(f"greeting {{name!r}}")  # shows in the call's logs: `newt call ID`
+    return {{"greeting": f"{{greeting}}, {{name}}!"}}
+"#
+    )
 }
 
 /// `examples/hello/src/main.rs`, the function `make run` deploys and the end-to-end
@@ -524,5 +600,65 @@ mod tests {
         };
         let deadline = std::time::Instant::now() + spec.limits.timeout();
         Ok(invoker.invoke(&spec, request, deadline).await?)
+    }
+
+    #[test]
+    fn scaffolds_a_python_function_that_runs() {
+        let parent = tempfile::tempdir().unwrap();
+        let args = NewArgs {
+            lang: Lang::Python,
+            sdk: None,
+            ..new_args("hi-py", parent.path())
+        };
+        run(args).unwrap();
+        let dir = parent.path().join("hi-py");
+        let main = fs::read_to_string(dir.join("main.py")).unwrap();
+        for expected in [
+            "def handler(event):",
+            "os.environ.get(\"GREETING\", \"Hello\")",
+            "\"statusCode\": 201",
+            "newt deploy hi-py hi-py --runtime python --wait",
+        ] {
+            assert!(main.contains(expected), "{expected}\n{main}");
+        }
+        let requirements = fs::read_to_string(dir.join("requirements.txt")).unwrap();
+        assert!(
+            requirements
+                .lines()
+                .all(|l| l.is_empty() || l.starts_with('#')),
+            "{requirements}"
+        );
+
+        // The handler as the agent calls it, where a Python is installed.
+        let script = "import json, main; print(json.dumps(main.handler({'name': 'Ada'})))";
+        let output = match std::process::Command::new("python3")
+            .args(["-B", "-c", script])
+            .current_dir(&dir)
+            .env("GREETING", "Hi")
+            .output()
+        {
+            Ok(output) => output,
+            Err(e) => {
+                eprintln!("skipped running main.py: no python3 here ({e})");
+                return;
+            }
+        };
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).lines().last(),
+            Some(r#"{"greeting": "Hi, Ada!"}"#)
+        );
+    }
+
+    #[test]
+    fn refuses_an_existing_python_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        fs::create_dir(parent.path().join("taken")).unwrap();
+        let args = NewArgs {
+            lang: Lang::Python,
+            ..new_args("taken", parent.path())
+        };
+        let error = run(args).unwrap_err().to_string();
+        assert!(error.contains("already exists"), "{error}");
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod components;
 mod config;
 mod containers;
+mod devloop;
 mod egress;
 mod hardening;
 mod hostile;

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod wire;
 
@@ -141,6 +142,11 @@ pub async fn build_service_with(
         .with_shared_executor(docker.clone());
     let keys = secrets::SecretKeys::for_home(home).context("the secret key")?;
     let service = service::Service::start_with_keys(store, invoker, options.config, keys).await?;
+    // Retention with its defaults; `newt serve` sets its flags and starts its task.
+    let _ = service.gc.set(Arc::new(service::gc::Collector::new(
+        home.to_path_buf(),
+        Some(docker.clone()),
+    )));
     Ok((service, docker))
 }
 

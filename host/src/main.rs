@@ -30,16 +30,28 @@ enum Command {
     Calls(commands::calls::CallsArgs),
     /// Show one call: status, output, logs, timings.
     Call(commands::call::CallArgs),
+    /// Print a function's call logs; -f follows new calls as they finish.
+    Logs(commands::logs::LogsArgs),
     /// Remove a function.
     Delete(commands::delete::DeleteArgs),
     /// Show, set or unset a function's variables (each change is a new version).
     Env(commands::env::EnvArgs),
     /// Set or unset a function's secrets (values from stdin, never from arguments).
     Secret(commands::env::SecretArgs),
+    /// Remove old call records and what no live version uses (--dry-run: list it).
+    Gc(commands::gc::GcArgs),
+    /// Show the disk newt's state uses, by kind, and the retention settings.
+    Status(commands::status::StatusArgs),
     /// Show every pool: instances idle, busy, starting; calls waiting; start kinds.
     Pools(commands::pools::PoolsArgs),
     /// Expose functions on HTTP paths: add, list or remove routes.
     Route(commands::route::RouteArgs),
+    /// List a function's versions: which serves, aliases, digests, config, pools.
+    Versions(commands::versions::VersionsArgs),
+    /// Point aliases at versions (or weighted splits): set, list or remove.
+    Alias(commands::versions::AliasArgs),
+    /// Serve the previous ready version (or --to N) at once.
+    Rollback(commands::versions::RollbackArgs),
     /// List, register or remove container runtimes.
     Runtimes(commands::runtimes::RuntimesArgs),
     /// Build a Rust function crate for wasm32-wasip1 and print the .wasm path.
@@ -85,12 +97,18 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Functions(args) => commands::functions::run(args).await,
             Command::Calls(args) => commands::calls::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
+            Command::Logs(args) => commands::logs::run(args).await,
             Command::Delete(args) => commands::delete::run(args).await,
             Command::Env(args) => commands::env::run_env(args).await,
             Command::Secret(args) => commands::env::run_secret(args).await,
             Command::Runtimes(args) => commands::runtimes::run(args).await,
             Command::Pools(args) => commands::pools::run(args).await,
+            Command::Gc(args) => commands::gc::run(args).await,
+            Command::Status(args) => commands::status::run(args).await,
             Command::Route(args) => commands::route::run(args).await,
+            Command::Versions(args) => commands::versions::run_versions(args).await,
+            Command::Alias(args) => commands::versions::run_alias(args).await,
+            Command::Rollback(args) => commands::versions::run_rollback(args).await,
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Serve(_)
             | Command::Build(_)

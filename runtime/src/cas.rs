@@ -40,6 +40,17 @@ impl std::fmt::Display for Digest {
     }
 }
 
+/// One blob of the store, as [`Cas::list`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest (its name).
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was written, or last put again.
+    pub modified: std::time::SystemTime,
+}
+
 /// The content store: a directory of immutable blobs named by digest.
 #[derive(Clone, Debug)]
 pub struct Cas {
@@ -71,12 +82,69 @@ impl Cas {
         let digest = Digest::of(bytes);
         let dest = self.path(&digest);
         if dest.is_file() {
+            // The blob is about to be referenced again (a redeploy of bytes a deleted
+            // version left): make it young, so retention, which spares blobs written
+            // within its grace period, cannot remove it between this put and the
+            // deploy's version being stored. Best effort: the blob is there.
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&dest)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()));
             return Ok(digest);
         }
         let dir = dest.parent().expect("blob paths have a parent");
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
         write_atomically(&self.root.join("tmp"), &dest, bytes)?;
         Ok(digest)
+    }
+
+    /// Every blob in the store, with its size and when it was last written (or put
+    /// again). Files that are not blobs (a temporary file, a stray name) are skipped.
+    pub fn list(&self) -> Result<Vec<StoredBlob>> {
+        let root = self.root.join("sha256");
+        let mut blobs = Vec::new();
+        let shards = match std::fs::read_dir(&root) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(blobs),
+            Err(e) => return Err(Error::io("listing", &root, e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(|e| Error::io("listing", &root, e))?.path();
+            let Ok(entries) = std::fs::read_dir(&shard) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(digest) = entry.file_name().to_str().and_then(Digest::parse) else {
+                    continue;
+                };
+                // Only a blob stored under its own name, in its own shard.
+                if self.path(&digest) != entry.path() {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                blobs.push(StoredBlob {
+                    digest,
+                    bytes: meta.len(),
+                    modified: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(blobs)
+    }
+
+    /// Removes a blob; `Ok(false)` if there was none. Only retention calls this, for
+    /// blobs no live version references.
+    pub fn remove(&self, digest: &Digest) -> Result<bool> {
+        let path = self.path(digest);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("removing", path, e)),
+        }
     }
 
     /// Reads a whole blob.
@@ -141,6 +209,45 @@ mod tests {
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(!dest.exists());
         assert!(std::fs::read_dir(&tmp).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn list_finds_blobs_and_remove_takes_them_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path()).unwrap();
+        let a = cas.put(b"alpha").unwrap();
+        let b = cas.put(b"beta!").unwrap();
+        // Not blobs: a stray file in a shard, a temporary file.
+        std::fs::write(cas.path(&a).with_file_name("notes.txt"), b"x").unwrap();
+        std::fs::write(dir.path().join("tmp").join("partial"), b"x").unwrap();
+        let listed = cas.list().unwrap();
+        let mut expected = vec![(a.clone(), 5), (b.clone(), 5)];
+        expected.sort();
+        let found: Vec<_> = listed.iter().map(|s| (s.digest.clone(), s.bytes)).collect();
+        assert_eq!(found, expected);
+        assert!(cas.remove(&a).unwrap());
+        assert!(!cas.remove(&a).unwrap());
+        assert!(!cas.contains(&a));
+        assert_eq!(cas.list().unwrap().len(), 1);
+    }
+
+    /// Putting bytes that are already stored makes their blob young again, so
+    /// retention's grace period covers a redeploy of an unreferenced bundle.
+    #[test]
+    fn put_again_refreshes_the_blobs_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path()).unwrap();
+        let a = cas.put(b"old bundle").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(cas.path(&a))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(cas.list().unwrap()[0].modified, old);
+        cas.put(b"old bundle").unwrap();
+        assert!(cas.list().unwrap()[0].modified > old);
     }
 
     #[test]

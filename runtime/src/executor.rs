@@ -251,6 +251,12 @@ pub trait Executor: Send + Sync + 'static {
         false
     }
 
+    /// Whether the function whose bundle is at `bundle` takes an HTTP request as
+    /// itself (a wasi:http component) rather than as a JSON envelope on its input.
+    fn takes_http(&self, _bundle: &Path) -> bool {
+        false
+    }
+
     /// Whether creating an instance of an already-prepared function is as cheap as
     /// taking a warm one, so such a call counts as `warm` (wasm: instantiating a
     /// linked module takes microseconds). A new container is always `cold`.
@@ -369,6 +375,17 @@ pub trait Executor: Send + Sync + 'static {
     /// Forgets a runtime; `false` if it was not registered.
     fn remove_runtime(&self, _name: &str) -> bool {
         false
+    }
+
+    /// The compiled artifacts this backend keeps on disk by bundle digest (wasm's
+    /// module cache), for retention; none by default.
+    fn cached_artifacts(&self) -> Result<Vec<crate::wasm::CachedArtifact>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes one compiled artifact by its file name; `false` if there was none.
+    fn remove_cached_artifact(&self, _file: &str) -> Result<bool> {
+        Ok(false)
     }
 }
 

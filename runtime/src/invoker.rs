@@ -8,11 +8,19 @@
 //! pool per function and replaces it (draining the old one) when a newer version
 //! arrives. Everything backend-specific (checking an upload, runtimes, health) is
 //! asked of the executors through it, so the host never branches on a backend.
+//!
+//! Once the host names a function's serving version ([`Invoker::serve`], on every
+//! deploy, rollback and restart), that version alone owns the function's pool and
+//! only `serve` changes it, older or newer: a call of another version (`FN@3`, an
+//! alias, a call that read the function just before a switch) runs on a pool of its
+//! own version, made on demand and drained once idle for its `keep_alive`, so calls
+//! of an old version never drain the serving pool, nor the other way round.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -32,6 +40,7 @@ trait Backend: Send + Sync {
     fn can_handle(&self, runtime: &str) -> bool;
     async fn check_bundle(&self, runtime: &str, bundle: &Bytes) -> Result<()>;
     fn prepares_in_background(&self) -> bool;
+    fn takes_http(&self, bundle: &Path) -> bool;
     async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()>;
     async fn deploy(&self, spec: Arc<FunctionSpec>, bundle: &Path) -> Result<Arc<dyn Deployment>>;
     fn set_runtime_policy(&self, runtime: &str, policy: &Policy);
@@ -43,6 +52,8 @@ trait Backend: Send + Sync {
     fn takes_runtimes(&self) -> bool;
     async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()>;
     async fn remove_runtime(&self, name: &str) -> bool;
+    fn cached_artifacts(&self) -> Result<Vec<crate::wasm::CachedArtifact>>;
+    fn remove_cached_artifact(&self, file: &str) -> Result<bool>;
 }
 
 struct ExecutorBackend<E: Executor> {
@@ -66,6 +77,10 @@ impl<E: Executor> Backend for ExecutorBackend<E> {
 
     fn prepares_in_background(&self) -> bool {
         self.executor.prepares_in_background()
+    }
+
+    fn takes_http(&self, bundle: &Path) -> bool {
+        self.executor.takes_http(bundle)
     }
 
     async fn validate(&self, spec: &FunctionSpec, bundle: &Path) -> Result<()> {
@@ -140,12 +155,129 @@ impl<E: Executor> Backend for ExecutorBackend<E> {
         }
         self.executor.remove_runtime(name)
     }
+
+    fn cached_artifacts(&self) -> Result<Vec<crate::wasm::CachedArtifact>> {
+        self.executor.cached_artifacts()
+    }
+
+    fn remove_cached_artifact(&self, file: &str) -> Result<bool> {
+        self.executor.remove_cached_artifact(file)
+    }
 }
 
-/// The current version of one function and, once prepared, its pool.
+/// How often idle pools of versions that are not serving are looked at.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// One version of one function and, once prepared, its pool.
 struct Slot {
     spec: Arc<FunctionSpec>,
     deployment: OnceCell<Arc<dyn Deployment>>,
+    /// Set once the host named this version the serving one ([`Invoker::serve`]):
+    /// from then on a call of another version runs on that version's own pool
+    /// instead of replacing this one.
+    chosen: AtomicBool,
+    /// Calls (and preloads) using the slot now.
+    users: AtomicUsize,
+    /// Since when nobody used it, and the `keep_alive` of its latest user's policy.
+    idle: std::sync::Mutex<(Instant, Duration)>,
+    /// Set when the slot left the invoker: a pool prepared for it after that is
+    /// drained when its last call ends, never left running unreachable.
+    retired: AtomicBool,
+}
+
+impl Slot {
+    fn new(spec: &Arc<FunctionSpec>) -> Arc<Slot> {
+        Arc::new(Slot {
+            spec: spec.clone(),
+            deployment: OnceCell::new(),
+            chosen: AtomicBool::new(false),
+            users: AtomicUsize::new(0),
+            idle: std::sync::Mutex::new((Instant::now(), spec.policy.keep_alive)),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts one user until the returned guard drops.
+    fn enter(self: &Arc<Self>, spec: &FunctionSpec) -> SlotUse {
+        self.users.fetch_add(1, Ordering::AcqRel);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).1 = spec.policy.keep_alive;
+        SlotUse(self.clone())
+    }
+
+    /// Whether nobody used it for its `keep_alive`.
+    fn idle_past_keep_alive(&self, now: Instant) -> bool {
+        let (since, keep_alive) = *self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        self.users.load(Ordering::Acquire) == 0
+            && now.saturating_duration_since(since) >= keep_alive
+    }
+}
+
+/// One use of a slot (a call or a preload), counted while it lives.
+struct SlotUse(Arc<Slot>);
+
+impl Drop for SlotUse {
+    fn drop(&mut self) {
+        let slot = &self.0;
+        slot.idle.lock().unwrap_or_else(|e| e.into_inner()).0 = Instant::now();
+        if slot.users.fetch_sub(1, Ordering::AcqRel) == 1 && slot.retired.load(Ordering::Acquire) {
+            drain_in_background(slot.clone());
+        }
+    }
+}
+
+/// The pools of versions that are not serving, by function and version.
+type SidePools = DashMap<(String, i64), Arc<Slot>>;
+
+/// A function version the engine holds right now: it has a pool here, or calls of it
+/// are running (an old version's last calls finish after a redeploy replaced its
+/// pool). Retention never removes what such a version runs from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldVersion {
+    /// The function's name.
+    pub function: String,
+    /// Its version number.
+    pub version: i64,
+    /// Its runtime.
+    pub runtime: String,
+    /// Its bundle's digest.
+    pub digest: String,
+    /// Calls of it running now.
+    pub calls_in_flight: usize,
+}
+
+/// Calls of one version running now, and that version's spec.
+struct InFlight {
+    spec: Arc<FunctionSpec>,
+    calls: usize,
+}
+
+/// Counts one call of a version in flight for as long as it lives, however the call
+/// ends (an answer, an error, or the caller going away at any await).
+struct InFlightCall<'a> {
+    map: &'a DashMap<(String, i64), InFlight>,
+    key: (String, i64),
+}
+
+impl<'a> InFlightCall<'a> {
+    fn enter(map: &'a DashMap<(String, i64), InFlight>, spec: &Arc<FunctionSpec>) -> Self {
+        let key = (spec.name.clone(), spec.version);
+        map.entry(key.clone())
+            .or_insert_with(|| InFlight {
+                spec: spec.clone(),
+                calls: 0,
+            })
+            .calls += 1;
+        InFlightCall { map, key }
+    }
+}
+
+impl Drop for InFlightCall<'_> {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.key, |_, held| {
+            held.calls -= 1;
+            held.calls == 0
+        });
+    }
 }
 
 /// Runs calls of any function on the executor of its runtime.
@@ -153,6 +285,14 @@ pub struct Invoker {
     cas: Cas,
     backends: Vec<Arc<dyn Backend>>,
     slots: DashMap<String, Arc<Slot>>,
+    /// Pools of versions other than the serving one (see [`Invoker::serve`]).
+    others: Arc<SidePools>,
+    /// Whether the task that drains idle side pools runs.
+    reaping: Arc<AtomicBool>,
+    /// Calls running now, by function and version (see [`Invoker::held`]).
+    in_flight: DashMap<(String, i64), InFlight>,
+    /// [`Invoker::takes_http`] by bundle digest: a bundle never changes.
+    takes_http: DashMap<String, bool>,
 }
 
 impl std::fmt::Debug for Invoker {
@@ -172,6 +312,10 @@ impl Invoker {
             cas,
             backends: Vec::new(),
             slots: DashMap::new(),
+            others: Arc::new(DashMap::new()),
+            reaping: Arc::new(AtomicBool::new(false)),
+            in_flight: DashMap::new(),
+            takes_http: DashMap::new(),
         }
     }
 
@@ -244,6 +388,23 @@ impl Invoker {
         Ok(self.backend(runtime)?.prepares_in_background())
     }
 
+    /// Whether `spec`'s function takes an HTTP request as itself (a wasi:http
+    /// component) rather than as a JSON envelope on its input. Asked once per bundle.
+    pub fn takes_http(&self, spec: &FunctionSpec) -> bool {
+        if let Some(known) = self.takes_http.get(&spec.digest) {
+            return *known;
+        }
+        let Ok(backend) = self.backend(&spec.runtime) else {
+            return false;
+        };
+        let Ok(bundle) = self.bundle_path(spec) else {
+            return false;
+        };
+        let answer = backend.takes_http(&bundle);
+        self.takes_http.insert(spec.digest.clone(), answer);
+        answer
+    }
+
     /// Checks that a bundle can run (for wasm: compiles it, filling the module cache),
     /// without installing it. Used before a deploy is accepted.
     pub async fn validate(&self, spec: &FunctionSpec) -> Result<()> {
@@ -254,28 +415,35 @@ impl Invoker {
     }
 
     /// Runs one call of `spec`'s version by `deadline`, preparing the version first
-    /// if this process has not yet. A newer version replaces the pool of an older
-    /// one; a newer policy for the same version is followed at once.
+    /// if this process has not yet. Until the host chose a serving version with
+    /// [`Invoker::serve`], a newer version replaces the pool of an older one; after,
+    /// a call of another version runs on that version's own pool. A newer policy for
+    /// the same version is followed at once.
     pub async fn invoke(
         &self,
         spec: &Arc<FunctionSpec>,
         request: CallRequest,
         deadline: Instant,
     ) -> Result<CallOutcome> {
-        let (deployment, prepare_time) = self.deployment(spec).await?;
+        // Counted before the version is prepared: from here until the call ends, its
+        // bundle (and image) are in use.
+        let _in_flight = InFlightCall::enter(&self.in_flight, spec);
+        let (deployment, prepare_time, _slot_use) = self.deployment(spec).await?;
         let mut outcome = deployment.call(request, deadline).await?;
         // The call that had to prepare the version (load or compile it) paid for that.
         outcome.timings.init += prepare_time;
         Ok(outcome)
     }
 
-    /// The pool of `spec`'s version, and how long this call spent preparing it (zero
-    /// unless this call was the one that did).
+    /// The pool of `spec`'s version, how long this call spent preparing it (zero
+    /// unless this call was the one that did), and the use of its slot, to hold while
+    /// the call runs.
     async fn deployment(
         &self,
         spec: &Arc<FunctionSpec>,
-    ) -> Result<(Arc<dyn Deployment>, Duration)> {
-        let slot = self.slot(spec);
+    ) -> Result<(Arc<dyn Deployment>, Duration, SlotUse)> {
+        let slot_use = self.slot(spec);
+        let slot = &slot_use.0;
         let mut prepare_time = Duration::ZERO;
         let deployment = slot
             .deployment
@@ -292,40 +460,160 @@ impl Invoker {
         if slot.spec.version == spec.version {
             deployment.follow(spec);
         }
-        Ok((deployment.clone(), prepare_time))
+        Ok((deployment.clone(), prepare_time, slot_use))
     }
 
-    /// The slot for this version, replacing (and draining) an older one.
-    fn slot(&self, spec: &Arc<FunctionSpec>) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(&spec.name) {
-            // A call that read the function just before a redeploy may arrive with the
-            // older spec: calls always run the newest version, never bring back an old one.
-            if slot.spec.version >= spec.version {
-                return slot.clone();
+    /// The slot for this version: the function's pool when it serves this version
+    /// (or, before [`Invoker::serve`] chose one, when it is newer: a call that read
+    /// the function just before a redeploy never brings an old version back), its
+    /// own side pool when the host chose another version, a new pool otherwise.
+    fn slot(&self, spec: &Arc<FunctionSpec>) -> SlotUse {
+        use dashmap::mapref::entry::Entry;
+        match self.slots.entry(spec.name.clone()) {
+            Entry::Vacant(vacant) => return vacant.insert(Slot::new(spec)).enter(spec),
+            Entry::Occupied(mut occupied) => {
+                let current = occupied.get();
+                let (version, chosen) =
+                    (current.spec.version, current.chosen.load(Ordering::Acquire));
+                if version == spec.version || (!chosen && version > spec.version) {
+                    return current.enter(spec);
+                }
+                if !chosen {
+                    let fresh = Slot::new(spec);
+                    let entered = fresh.enter(spec);
+                    let old = occupied.insert(fresh);
+                    tracing::info!(
+                        function = %spec.name,
+                        old = old.spec.version,
+                        new = spec.version,
+                        "replacing the pool of an older version"
+                    );
+                    retire(old);
+                    return entered;
+                }
             }
         }
-        let fresh = Arc::new(Slot {
-            spec: spec.clone(),
-            deployment: OnceCell::new(),
-        });
-        let old = self.slots.insert(spec.name.clone(), fresh.clone());
-        if let Some(old) = old {
+        // The host serves another version: this one gets a pool of its own (the
+        // function's entry is released first, so no two maps are locked at once).
+        let entered = self
+            .others
+            .entry((spec.name.clone(), spec.version))
+            .or_insert_with(|| Slot::new(spec))
+            .enter(spec);
+        self.start_reaper();
+        entered
+    }
+
+    /// Makes `spec`'s version the one the function's pool serves, older or newer
+    /// than the current one (a deploy, or a rollback): a pool calls already made for
+    /// it becomes the function's pool as warm as it is, and the pool of the version
+    /// it replaces drains. From now on only `serve` changes the function's version;
+    /// calls of other versions run on pools of their own. On the serving version it
+    /// takes the spec's (new) policy.
+    pub fn serve(&self, spec: &Arc<FunctionSpec>) {
+        use dashmap::mapref::entry::Entry;
+        let key = (spec.name.clone(), spec.version);
+        let take = |slot: &Arc<Slot>| {
+            slot.chosen.store(true, Ordering::Release);
+            if let Some(deployment) = slot.deployment.get() {
+                deployment.follow(spec);
+            }
+        };
+        let replaced = match self.slots.entry(spec.name.clone()) {
+            Entry::Occupied(current) if current.get().spec.version == spec.version => {
+                take(current.get());
+                None
+            }
+            entry => {
+                let slot = match self.others.remove(&key) {
+                    Some((_, side)) => side,
+                    None => Slot::new(spec),
+                };
+                take(&slot);
+                match entry {
+                    Entry::Occupied(mut current) => Some(current.insert(slot)),
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(slot);
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(old) = replaced {
             tracing::info!(
                 function = %spec.name,
                 old = old.spec.version,
                 new = spec.version,
-                "replacing the pool of an older version"
+                "serving another version; draining the pool of the old one"
             );
-            drain_in_background(old);
+            retire(old);
         }
-        fresh
+    }
+
+    /// Starts the task that drains side pools idle for their `keep_alive`, unless it
+    /// runs; it ends when no side pool is left.
+    fn start_reaper(&self) {
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let others = Arc::downgrade(&self.others);
+        let reaping = self.reaping.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_EVERY).await;
+                let Some(others) = others.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let idle: Vec<(String, i64)> = others
+                    .iter()
+                    .filter(|slot| slot.idle_past_keep_alive(now))
+                    .map(|slot| slot.key().clone())
+                    .collect();
+                for key in idle {
+                    // Checked again under the map's lock: a call may have just taken it.
+                    if let Some((_, slot)) =
+                        others.remove_if(&key, |_, slot| slot.idle_past_keep_alive(now))
+                    {
+                        tracing::info!(function = %key.0, version = key.1,
+                            "draining the idle pool of a version that is not serving");
+                        retire(slot);
+                    }
+                }
+                if others.is_empty() {
+                    reaping.store(false, Ordering::Release);
+                    // A side pool made meanwhile did not start a task: this one goes on.
+                    if others.is_empty() || reaping.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The pools of versions of `name` that are not serving, by version.
+    pub fn side_pools(&self, name: &str) -> Vec<PoolStats> {
+        let mut all: Vec<PoolStats> = self
+            .others
+            .iter()
+            .filter(|slot| slot.key().0 == name)
+            .filter_map(|slot| slot.deployment.get().map(|d| d.stats()))
+            .collect();
+        all.sort_by_key(|p| p.version);
+        all
     }
 
     /// Forgets a function and destroys its idle instances.
     pub fn remove(&self, name: &str) {
         if let Some((_, old)) = self.slots.remove(name) {
-            drain_in_background(old);
+            retire(old);
         }
+        self.others.retain(|(function, _), slot| {
+            if function == name {
+                retire(slot.clone());
+            }
+            function != name
+        });
     }
 
     /// Prepares `spec`'s version now and installs its pool, so the pool starts
@@ -341,6 +629,11 @@ impl Invoker {
         if let Some(slot) = self.slots.get(&spec.name)
             && slot.spec.version == spec.version
             && let Some(deployment) = slot.deployment.get()
+        {
+            deployment.follow(spec);
+        }
+        if let Some(side) = self.others.get(&(spec.name.clone(), spec.version))
+            && let Some(deployment) = side.deployment.get()
         {
             deployment.follow(spec);
         }
@@ -363,6 +656,65 @@ impl Invoker {
             .collect();
         all.sort_by(|a, b| a.function.cmp(&b.function));
         all
+    }
+
+    /// Every version the engine holds now: each function's installed version (its
+    /// pool, idle or not, or the one being prepared), and every version with calls
+    /// running, including an older version whose pool a redeploy replaced while
+    /// calls of it were still running. Sorted by function and version.
+    pub fn held(&self) -> Vec<HeldVersion> {
+        let mut held: std::collections::BTreeMap<(String, i64), HeldVersion> = self
+            .slots
+            .iter()
+            .map(|slot| slot.value().clone())
+            // Side pools too: versions that are not serving but have a pool here.
+            .chain(self.others.iter().map(|slot| slot.value().clone()))
+            .map(|slot| {
+                let spec = &slot.spec;
+                (
+                    (spec.name.clone(), spec.version),
+                    HeldVersion {
+                        function: spec.name.clone(),
+                        version: spec.version,
+                        runtime: spec.runtime.clone(),
+                        digest: spec.digest.clone(),
+                        calls_in_flight: 0,
+                    },
+                )
+            })
+            .collect();
+        for entry in self.in_flight.iter() {
+            let (key, running) = (entry.key().clone(), entry.value());
+            held.entry(key)
+                .or_insert_with(|| HeldVersion {
+                    function: running.spec.name.clone(),
+                    version: running.spec.version,
+                    runtime: running.spec.runtime.clone(),
+                    digest: running.spec.digest.clone(),
+                    calls_in_flight: 0,
+                })
+                .calls_in_flight = running.calls;
+        }
+        held.into_values().collect()
+    }
+
+    /// Every compiled artifact the backends keep on disk (wasm's module cache).
+    pub fn cached_artifacts(&self) -> Result<Vec<crate::wasm::CachedArtifact>> {
+        let mut all = Vec::new();
+        for backend in &self.backends {
+            all.extend(backend.cached_artifacts()?);
+        }
+        Ok(all)
+    }
+
+    /// Removes a compiled artifact by its file name; `false` if no backend had it.
+    pub fn remove_cached_artifact(&self, file: &str) -> Result<bool> {
+        for backend in &self.backends {
+            if backend.remove_cached_artifact(file)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The state of one function's pool, if it has one.
@@ -432,7 +784,8 @@ impl Invoker {
     /// Drains every pool (shutdown): idle instances are destroyed now, busy ones when
     /// their call ends.
     pub async fn drain_all(&self) {
-        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.clone()).collect();
+        let mut slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.clone()).collect();
+        slots.extend(self.others.iter().map(|s| s.clone()));
         for slot in slots {
             if let Some(deployment) = slot.deployment.get() {
                 deployment.drain().await;
@@ -442,6 +795,12 @@ impl Invoker {
             backend.drain_runtime_pools().await;
         }
     }
+}
+
+/// Marks a slot as gone from the invoker and drains its pool.
+fn retire(slot: Arc<Slot>) {
+    slot.retired.store(true, Ordering::Release);
+    drain_in_background(slot);
 }
 
 fn drain_in_background(slot: Arc<Slot>) {
@@ -530,6 +889,113 @@ mod tests {
         // A caller that read v1 just before the redeploy runs on v2.
         h.call(&v1).await;
         assert_eq!(h.invoker.pool("f").unwrap().version, 2);
+    }
+
+    /// Retention asks which versions the engine holds: the installed one, and an
+    /// older one for as long as a call of it runs after a redeploy replaced it.
+    #[tokio::test]
+    async fn held_lists_the_installed_version_and_old_versions_with_calls_running() {
+        let home = tempfile::tempdir().unwrap();
+        let cas = Cas::open(home.path().join("cas")).unwrap();
+        let digest = cas.put(b"bundle").unwrap().to_string();
+        let fake = Arc::new(Fake {
+            invoke_delay: Duration::from_millis(300),
+            ..Fake::default()
+        });
+        let h = Harness {
+            invoker: Invoker::new(cas).with_shared_executor(fake.clone()),
+            _home: home,
+            fake,
+            digest,
+        };
+        assert!(h.invoker.held().is_empty());
+        let v1 = h.spec(1, Policy::default());
+        h.invoker.preload(&v1).await.unwrap();
+        let held = h.invoker.held();
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].version, held[0].calls_in_flight), (1, 0));
+        assert_eq!(held[0].digest, h.digest);
+
+        let slow = {
+            let (invoker, v1) = (&h.invoker, v1.clone());
+            async move {
+                let request = CallRequest {
+                    call_id: "slow".into(),
+                    input: Bytes::from_static(b"x"),
+                    http: None,
+                };
+                invoker
+                    .invoke(&v1, request, Instant::now() + Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            }
+        };
+        let check = async {
+            eventually("v1's call running", || {
+                h.invoker.held().iter().any(|v| v.calls_in_flight == 1)
+            })
+            .await;
+            // A redeploy installs v2; v1 stays held while its call runs.
+            h.invoker
+                .preload(&h.spec(2, Policy::default()))
+                .await
+                .unwrap();
+            let versions: Vec<_> = h
+                .invoker
+                .held()
+                .iter()
+                .map(|v| (v.version, v.calls_in_flight))
+                .collect();
+            assert_eq!(versions, vec![(1, 1), (2, 0)]);
+        };
+        let (outcome, ()) = tokio::join!(slow, check);
+        assert!(outcome.result.message().is_none(), "{:?}", outcome.result);
+        let versions: Vec<_> = h.invoker.held().iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![2], "v1 is let go once its call ended");
+    }
+
+    #[tokio::test]
+    async fn a_served_version_keeps_its_pool_while_other_versions_run_on_their_own() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let h = harness();
+        let policy = Policy {
+            keep_alive: Duration::from_millis(1500),
+            ..Policy::default()
+        };
+        let (v1, v2) = (h.spec(1, policy.clone()), h.spec(2, policy));
+        h.invoker.serve(&v2);
+        h.call(&v2).await;
+        // A call of v1 (`FN@1`) runs on a pool of its own: v2's pool keeps its instance.
+        h.call(&v1).await;
+        let serving = h.invoker.pool("f").unwrap();
+        assert_eq!((serving.version, serving.idle), (2, 1));
+        let side: Vec<i64> = h
+            .invoker
+            .side_pools("f")
+            .iter()
+            .map(|p| p.version)
+            .collect();
+        assert_eq!(side, [1]);
+        assert_eq!(h.fake.alive.load(SeqCst), 2);
+
+        // A rollback: v1 serves at once, from its warm pool, and v2's pool drains.
+        h.invoker.serve(&v1);
+        let serving = h.invoker.pool("f").unwrap();
+        assert_eq!((serving.version, serving.idle), (1, 1));
+        assert!(h.invoker.side_pools("f").is_empty());
+        eventually("v2's instance destroyed", || h.fake.alive.load(SeqCst) == 1).await;
+
+        // A call that read v2 just before the rollback does not bring it back...
+        h.call(&v2).await;
+        assert_eq!(h.invoker.pool("f").unwrap().version, 1);
+        assert_eq!(h.invoker.side_pools("f").len(), 1);
+        // ...and its pool drains once idle for its keep_alive.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !h.invoker.side_pools("f").is_empty() {
+            assert!(Instant::now() < until, "v2's side pool was never drained");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(h.invoker.pool("f").unwrap().version, 1);
     }
 
     #[tokio::test]

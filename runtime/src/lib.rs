@@ -46,10 +46,11 @@ mod pool;
 mod testing;
 mod wasm;
 
-pub use bundle::{ArchiveKind, BundleLimits, Unpacked, pack, unpack};
-pub use cas::{Cas, Digest};
+pub use bundle::{ArchiveKind, BUNDLE_CONFIG_FILE, BundleConfig, BundleLimits, Unpacked, pack, unpack};
+pub use cas::{Cas, Digest, StoredBlob};
 pub use docker::{
-    ContainerInstance, ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor, RunMode,
+    BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress, ContainerInstance, ContainerPrepared,
+    ContainerRuntime, DockerConfig, DockerExecutor, FunctionImage, RunMode, RuntimeMount,
 };
 pub use egress::{AllowList, Denied, EgressProxy, EgressStats};
 pub use error::{Error, Result};
@@ -57,8 +58,8 @@ pub use executor::{
     BackendHealth, CallOutcome, CallRequest, CallResult, Env, Executor, FunctionSpec, HttpRequest,
     HttpResponse, StartKind, Timings,
 };
-pub use invoker::Invoker;
+pub use invoker::{HeldVersion, Invoker};
 pub use limits::{Limits, MAX_LOG_BYTES, MAX_MEMORY_MB, MAX_OUTPUT_BYTES, MAX_TIMEOUT_MS};
 pub use policy::{Policy, Preload, format_duration, parse_duration};
 pub use pool::{PoolStats, RuntimePoolStats};
-pub use wasm::{WasmConfig, WasmExecutor, WasmInstance, WasmPrepared};
+pub use wasm::{CachedArtifact, WasmConfig, WasmExecutor, WasmInstance, WasmPrepared};

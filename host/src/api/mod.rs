@@ -7,11 +7,15 @@ pub mod auth;
 mod calls;
 pub mod error;
 mod functions;
+mod gc;
 pub mod guard;
 pub mod listen;
+pub mod logs;
+pub mod openapi;
 pub mod routes;
 mod runtimes;
 mod seed;
+pub mod versions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -52,7 +56,7 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
     let input = || body(config.max_input_bytes, "input");
     let json = || body(guard::MAX_JSON_BODY_BYTES, "JSON body");
     let admin_only = || axum::middleware::from_fn(auth::require_admin);
-    // What an invoke token may do: invoke, and read its own calls.
+    // What an invoke token may do: invoke, and read its own calls (and their logs).
     let v1_invoke = Router::new()
         .route(
             "/functions/{name}/invoke",
@@ -60,7 +64,8 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
                 .layer(DefaultBodyLimit::max(config.max_input_bytes)),
         )
         .route("/calls", get(calls::list))
-        .route("/calls/{id}", get(calls::show));
+        .route("/calls/{id}", get(calls::show))
+        .route("/functions/{name}/logs", get(logs::logs));
     let v1 = Router::new()
         .route("/functions", get(functions::list))
         .route(
@@ -71,7 +76,19 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
                 .patch(functions::patch.layer(json()))
                 .delete(functions::delete),
         )
+        .route("/functions/{name}/versions", get(versions::list))
+        .route("/functions/{name}/aliases", get(versions::aliases))
+        .route(
+            "/functions/{name}/aliases/{alias}",
+            put(versions::set_alias.layer(json())).delete(versions::delete_alias),
+        )
+        .route(
+            "/functions/{name}/rollback",
+            post(versions::rollback.layer(json())),
+        )
         .route("/pools", get(functions::pools))
+        .route("/gc", post(gc::collect))
+        .route("/status", get(gc::status))
         .route(
             "/routes",
             get(routes::list)
@@ -143,6 +160,7 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         .nest("/v1", v1)
         .merge(seed)
         .merge(functions_over_http)
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
@@ -160,6 +178,13 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
 
 /// `GET /healthz`: liveness for anyone; the version, function count and backends'
 /// state only for callers with the token (when one is configured).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    security(()),
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`; with the token (or none configured) also `version`, `functions` and each backend (`wasm`, `docker`)", body = Object)),
+)]
 async fn healthz(
     axum::extract::State(state): axum::extract::State<SharedService>,
     headers: HeaderMap,
@@ -184,12 +209,25 @@ async fn healthz(
     axum::Json(body)
 }
 
+/// `GET /metrics`: Prometheus metrics (admin).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
+)]
 async fn metrics(
     axum::extract::State(state): axum::extract::State<SharedService>,
 ) -> impl axum::response::IntoResponse {
     let mut text = state.metrics.render(&state.invoker.pools());
     crate::metrics::render_store(&mut text, state.store.records_lost());
     crate::metrics::render_egress(&mut text, &state.invoker.egress_stats());
+    if let Some(gc) = state.gc.get() {
+        gc.render_metrics(&mut text);
+    }
+    if let Some(exporter) = state.call_feed.exporter.get() {
+        crate::telemetry::render(&mut text, exporter);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -123,6 +123,37 @@ pub struct ServeArgs {
     /// them reach this host's bridge address and the LAN.
     #[arg(long, default_value = "none", value_name = "MODE")]
     pub build_network: String,
+    /// Call records older than this are deleted in the background (`7d`, `12h`,
+    /// `30m`); pending and running calls are kept whatever their age.
+    #[arg(long, default_value = "7d", value_parser = crate::service::gc::parse_retention)]
+    pub retain_calls: Duration,
+    /// Each function keeps at most its newest this many call records.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_calls_per_function: u64,
+    /// Ready versions kept per function, the serving one included (the rollback
+    /// targets); older ones' bundles, compiled modules and images are removed.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub keep_versions: u64,
+    /// How often retention runs in the background (`newt gc` runs it at once).
+    #[arg(long, default_value = "1h", value_parser = crate::service::gc::parse_retention)]
+    pub gc_interval: Duration,
+    /// The server's own log on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Export a trace of each call (its queue, create or claim, exec and record
+    /// phases) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "NEWT_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// How `newt serve` writes its own log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 /// A connection cap: 1 to a million.
@@ -264,14 +295,23 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     build_options(&args).check()?;
+    let otlp = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(crate::telemetry::traces_url)
+        .transpose()?;
     let home = home_dir(args.home.clone())?;
 
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logger.init(),
+        LogFormat::Json => logger.json().init(),
+    }
     let open_files = raise_open_files_limit();
     let fitted = connections_within(args.max_connections, open_files);
     if fitted < args.max_connections {
@@ -288,7 +328,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, token, invoke_tokens, home, deploys))
+    runtime.block_on(serve(args, token, invoke_tokens, home, deploys, otlp))
 }
 
 async fn serve(
@@ -297,6 +337,7 @@ async fn serve(
     invoke_tokens: Vec<(String, String)>,
     home: PathBuf,
     deploys: Vec<(String, PathBuf)>,
+    otlp: Option<reqwest::Url>,
 ) -> anyhow::Result<()> {
     let config = ServerConfig {
         max_bundle_bytes: args.max_bundle_bytes,
@@ -326,8 +367,21 @@ async fn serve(
         )),
         false => e,
     })?;
+    if let Some(collector) = service.gc.get() {
+        collector.set_settings(crate::service::gc::GcSettings {
+            retain_calls: args.retain_calls,
+            retain_calls_per_function: usize::try_from(args.retain_calls_per_function)
+                .unwrap_or(usize::MAX),
+            keep_versions: usize::try_from(args.keep_versions).unwrap_or(usize::MAX),
+            interval: args.gc_interval,
+        });
+        collector.spawn(&service);
+    }
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
+    let exporter = otlp
+        .map(|url| crate::telemetry::spawn(&service, url))
+        .transpose()?;
     let app = crate::api::app_with(
         service.clone(),
         HttpOptions {
@@ -397,6 +451,9 @@ async fn serve(
     }
     tracing::info!("shutting down: flushing call records, removing containers");
     service.shut_down().await;
+    if let Some(exporter) = exporter {
+        exporter.finish().await;
+    }
     remove_leftover_containers(&docker, "at shutdown").await;
     Ok(())
 }

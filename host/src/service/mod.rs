@@ -6,15 +6,19 @@
 //! Who owns what:
 //! - [`Registry`] (in memory): each function's newest and serving version with its
 //!   resolved `Arc<FunctionSpec>`, and each runtime's policy.
-//! - [`Store`](crate::store::Store) (durable): versions, runtimes, call records.
+//! - [`Store`](crate::store::Store) (durable): versions, aliases, rollbacks,
+//!   runtimes, call records.
 //! - [`Invoker`] (the engine): executors, pools and instances. The service never
 //!   asks which backend a runtime is; it asks the invoker.
 
 mod calls;
 mod deploy;
+pub mod gc;
+pub mod logs;
 mod registry;
 pub mod routes;
 mod runtimes;
+mod versions;
 
 use newt_runtime::{ContainerRuntime, Invoker, Limits};
 use std::sync::Arc;
@@ -28,7 +32,11 @@ use crate::store::{FunctionVersion, SharedStore, VersionStatus};
 
 pub use calls::Invoked;
 pub use deploy::{ConfigChange, DeployRequest, Deployed, FunctionDetail, validate_name};
-pub use registry::{Entry, Registry, Served};
+pub use logs::{CallEvent, CallFeed, LogQuery};
+pub use registry::{Entry, Registry, Served, VersionLookup};
+pub use versions::{
+    RolledBack, Target, VersionsDetail, parse_version, split_target, validate_alias,
+};
 
 /// Limits and settings of a running server.
 #[derive(Clone, Debug)]
@@ -128,6 +136,11 @@ pub struct Service {
     pub metrics: crate::metrics::Metrics,
     /// The HTTP routes in force.
     pub routes: routes::RouteTable,
+    /// Finished calls, for log followers and the trace exporter.
+    pub call_feed: CallFeed,
+    /// Retention (`newt gc`, `GET /v1/status`): set once by whoever built the service
+    /// on a home directory.
+    pub gc: std::sync::OnceLock<Arc<gc::Collector>>,
     /// Server settings.
     pub config: ServerConfig,
     /// Serialises deploys, policy changes and deletes, so versions are assigned in
@@ -203,17 +216,22 @@ impl Service {
         for (runtime, policy) in registry.runtime_policies() {
             invoker.set_runtime_policy(&runtime, &policy);
         }
+        // Each function with all its versions: it serves the newest ready one that
+        // no rollback set aside; then its aliases.
+        let mut rolled_back: std::collections::HashMap<String, std::collections::BTreeSet<i64>> =
+            std::collections::HashMap::new();
+        for (function, version) in store.rolled_back().await? {
+            rolled_back.entry(function).or_default().insert(version);
+        }
         for version in store.current_versions().await? {
-            let ready = if version.status == VersionStatus::Ready {
-                Some(version.clone())
-            } else {
-                store
-                    .versions(&version.name)
-                    .await?
-                    .into_iter()
-                    .find(|v| v.status == VersionStatus::Ready)
-            };
-            registry.load(version, ready);
+            let aside = rolled_back.remove(&version.name).unwrap_or_default();
+            registry.load(store.versions(&version.name).await?, aside);
+        }
+        for alias in store.aliases().await? {
+            if !registry.set_alias(alias.clone()) {
+                tracing::warn!(function = %alias.function, alias = %alias.alias,
+                    "ignoring an alias of a function that does not exist");
+            }
         }
         let routes = routes::RouteTable::new(store.routes().await?);
         let service = Arc::new(Service {
@@ -222,6 +240,8 @@ impl Service {
             invoker,
             registry,
             metrics: crate::metrics::Metrics::default(),
+            call_feed: CallFeed::default(),
+            gc: std::sync::OnceLock::new(),
             async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
             async_backlog: Arc::new(AtomicUsize::new(0)),
             inflight: Arc::new(Semaphore::new(
@@ -271,7 +291,9 @@ impl Service {
     fn apply(self: &Arc<Self>, spec: Arc<newt_runtime::FunctionSpec>) {
         let fill =
             spec.policy.min_warm > 0 && spec.policy.preload == newt_runtime::Preload::Function;
-        self.invoker.follow(&spec);
+        // The registry decided which version serves (newer or, after a rollback,
+        // older): the function's pool is that version's from now on.
+        self.invoker.serve(&spec);
         if fill {
             let service = self.clone();
             tokio::spawn(async move {

@@ -11,6 +11,8 @@
 //! - **call records**: one per invocation, updated as the call moves from accepted to
 //!   running to a final status, and kept after the function is deleted.
 //! - **routes**: HTTP path prefixes served by a function ([`StoredRoute`]).
+//! - **aliases and rollbacks**: named pointers to versions, possibly a weighted split
+//!   ([`StoredAlias`]), and the versions rollbacks set aside.
 //!
 //! SQL stays behind the trait: callers see only plain values ([`FunctionVersion`],
 //! [`CallRecord`], ...), never a connection, row or SQL type, so a second
@@ -53,6 +55,79 @@ pub struct StoredRoute {
     pub methods: Vec<String>,
     /// When it was added (Unix ms).
     pub created_at: i64,
+}
+
+/// An alias of a function as stored: calls of `function:alias` run one of
+/// `targets`' versions, picked at random by weight.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAlias {
+    /// The function.
+    pub function: String,
+    /// The alias's name (a function name that is not a number).
+    pub alias: String,
+    /// The versions and their weights (whole percents summing to 100), by version.
+    pub targets: Vec<AliasTarget>,
+    /// When it was last set (Unix ms).
+    pub updated_at: i64,
+}
+
+/// One version an alias points at, with its share of the calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AliasTarget {
+    /// The version.
+    pub version: i64,
+    /// Its share of the alias's calls, in percent.
+    pub weight: u32,
+}
+
+/// A function version as retention sees it: what it runs from and whether it may
+/// still run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRef {
+    /// The function's name.
+    pub name: String,
+    /// The version's number.
+    pub version: i64,
+    /// Its runtime (`wasm` or a container runtime).
+    pub runtime: String,
+    /// Its bundle's digest.
+    pub digest: String,
+    /// Its build status.
+    pub status: VersionStatus,
+    /// Whether its function was deleted.
+    pub deleted: bool,
+}
+
+/// Which finished call records retention deletes: those created before
+/// `created_before_ms` (Unix ms), and those beyond their function's newest
+/// `keep_per_function`. Calls `pending` or `running` are never deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRetention {
+    /// Records created before this (Unix ms) go.
+    pub created_before_ms: i64,
+    /// Each function keeps at most its newest this many records (at least 1).
+    pub keep_per_function: usize,
+}
+
+/// Call records counted (or deleted) by retention, and their payload bytes (input,
+/// output, logs, error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrunableCalls {
+    /// How many records.
+    pub count: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
+/// What the store holds, for `GET /v1/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Live functions.
+    pub functions: u64,
+    /// Their versions (deleted functions' not counted).
+    pub versions: u64,
+    /// Call records.
+    pub calls: u64,
 }
 
 /// The store as the server holds it.
@@ -107,7 +182,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
 
     /// Deletes function `name`: its versions are hidden (their numbers stay taken),
-    /// their sealed secrets erased, and its call records kept. Returns `false` if there was no such live function.
+    /// their sealed secrets erased, its aliases and rollbacks forgotten, and its call
+    /// records kept. Returns `false` if there was no such live function.
     async fn delete_function(&self, name: &str) -> Result<bool>;
 
     /// Saves a container runtime's definition under `name`, replacing an older one.
@@ -128,6 +204,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Removes the HTTP route at `path`; `false` if there was none.
     async fn delete_route(&self, path: &str) -> Result<bool>;
+
+    /// Saves an alias, replacing the function's alias of the same name; `true` if it
+    /// had none. Aliases go with their function ([`Store::delete_function`]).
+    async fn put_alias(&self, alias: &StoredAlias) -> Result<bool>;
+
+    /// Every alias of every live function, by function and alias.
+    async fn aliases(&self) -> Result<Vec<StoredAlias>>;
+
+    /// Removes an alias; `false` if there was none.
+    async fn delete_alias(&self, function: &str, alias: &str) -> Result<bool>;
+
+    /// The versions rollbacks set aside, as `(function, version)`: calls of a
+    /// function run its newest ready version that is not one of them.
+    async fn rolled_back(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Records a rollback of `function` to `version`, at once: `version` is no longer
+    /// set aside and each of `set_aside` is.
+    async fn roll_back(&self, function: &str, version: i64, set_aside: &[i64]) -> Result<()>;
 
     /// The next call number: strictly increasing, above every number already recorded.
     fn next_call_num(&self) -> i64;
@@ -152,6 +246,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Calls matching `filter`, newest (highest `num`) first, after flushing.
     async fn list_calls(&self, filter: CallFilter) -> Result<Vec<CallRecord>>;
+
+    /// The versions whose bundles, compiled artifacts and images retention must keep,
+    /// as far as the store knows (the engine adds the versions it runs now): of every
+    /// live function, its versions being built, and its newest `keep_ready` ready
+    /// versions (the serving one and the rollback targets; at least 1). A new kind of
+    /// reference (an alias's target) belongs here.
+    async fn referenced_versions(&self, keep_ready: usize) -> Result<Vec<VersionRef>>;
+
+    /// Every version ever stored, deleted functions' included, by name and version:
+    /// what retention reads to say why an unreferenced bundle goes.
+    async fn all_versions(&self) -> Result<Vec<VersionRef>>;
+
+    /// How many finished call records `rule` would delete, and their bytes.
+    async fn prunable_calls(&self, rule: &CallRetention) -> Result<PrunableCalls>;
+
+    /// Deletes at most `batch` call records `rule` lets go (oldest first) in one short
+    /// transaction, behind the records already queued, so calls never wait on it.
+    /// Returns what it deleted; fewer than `batch` means nothing more is due.
+    async fn prune_calls(&self, rule: &CallRetention, batch: usize) -> Result<PrunableCalls>;
+
+    /// Counts of functions, versions and call records.
+    async fn counts(&self) -> Result<StoreCounts>;
 
     /// Repairs what a previous process left behind; call once at startup, before
     /// serving (it does not see records still queued). Synchronous calls left

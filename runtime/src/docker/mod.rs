@@ -13,6 +13,8 @@ mod container;
 mod egress;
 mod engine;
 mod image;
+mod mounts;
+mod progress;
 pub(crate) mod protocol;
 
 use async_trait::async_trait;
@@ -21,19 +23,21 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::bundle::{BundleLimits, unpack};
+use crate::bundle::{BUNDLE_CONFIG_FILE, BundleConfig, BundleLimits, unpack};
 use crate::egress::EgressStats;
 use crate::error::{Error, Result};
 use crate::executor::{BackendHealth, CallOutcome, CallRequest, Executor, FunctionSpec};
 use crate::limits::Limits;
 
 pub use container::ContainerInstance;
+pub use mounts::RuntimeMount;
+pub use progress::{BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress};
 
 /// How a container runtime runs a function's code.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +83,27 @@ pub struct ContainerRuntime {
     /// The preload policy of the runtime's functions (each may override it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Policy>,
+    /// The Python version the image provides (`"3.11"`), which a bundle's `newt.toml`
+    /// may ask for; the built-in runtime's is its Debian's python3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+    /// Variables every container of the runtime starts with (not secrets: they are
+    /// shown by `GET /v1/runtimes`). A bundle's `newt.toml` `[env]` and the function's
+    /// own variables win on a clash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Host paths mounted read-only into every container of the runtime; each must lie
+    /// under a directory the operator allowed (`newt serve --allow-mount DIR`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<RuntimeMount>,
 }
+
+/// The Python of the built-in runtime's image: Debian bookworm's `python3`.
+const BUILTIN_PYTHON_VERSION: &str = "3.11";
+/// Most variables in a runtime's `env`.
+const MAX_RUNTIME_ENV: usize = 64;
+/// Longest value of a runtime variable.
+const MAX_RUNTIME_ENV_VALUE: usize = 4 * 1024;
 
 fn default_path() -> String {
     "/app".into()
@@ -88,8 +112,12 @@ fn default_path() -> String {
 impl ContainerRuntime {
     /// The built-in `python` runtime (`runtimes/python/runtime.toml`).
     pub fn builtin_python() -> ContainerRuntime {
-        toml::from_str(image::PYTHON_RUNTIME_TOML)
-            .expect("runtimes/python/runtime.toml is valid (checked by a test)")
+        let mut python: ContainerRuntime = toml::from_str(image::PYTHON_RUNTIME_TOML)
+            .expect("runtimes/python/runtime.toml is valid (checked by a test)");
+        python
+            .python
+            .get_or_insert_with(|| BUILTIN_PYTHON_VERSION.to_string());
+        python
     }
 
     /// Checks the fields a caller sent.
@@ -136,8 +164,44 @@ impl ContainerRuntime {
                 return bad("dependencies must be one line".into());
             }
         }
+        if let Some(python) = &self.python {
+            // The same rules as a bundle's `python = "3.11"`.
+            BundleConfig::parse(&format!("python = {}", toml_string(python)))
+                .map_err(|_| Error::InvalidRuntime(format!(
+                    "python must be a version such as \"3.11\", got {:?}",
+                    python.chars().take(40).collect::<String>()
+                )))?;
+        }
+        if self.env.len() > MAX_RUNTIME_ENV {
+            return bad(format!(
+                "env has {} variables; the limit is {MAX_RUNTIME_ENV}",
+                self.env.len()
+            ));
+        }
+        for (name, value) in &self.env {
+            crate::bundle::check_env_name(name).map_err(Error::InvalidRuntime)?;
+            if value.len() > MAX_RUNTIME_ENV_VALUE || value.contains('\0') {
+                return bad(format!(
+                    "the value of {name} must be at most {MAX_RUNTIME_ENV_VALUE} bytes, \
+                     without NUL"
+                ));
+            }
+        }
+        mounts::validate(&self.mounts, &self.path).map_err(Error::InvalidRuntime)?;
         Ok(())
     }
+
+    /// The variables its containers start with, as the container's create takes them.
+    fn base_env(&self, bundle: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.extend(bundle.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.into_iter().collect()
+    }
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// Settings of the container executor.
@@ -341,6 +405,8 @@ pub struct ContainerPrepared {
     image: String,
     runtime: ContainerRuntime,
     handler: String,
+    /// The bundle's `newt.toml` `[env]`: under the function's own variables.
+    bundle_env: BTreeMap<String, String>,
     /// The validated code repacked as base64 .tar.gz, for loading into a
     /// runtime-level instance; `None` when the function needs its own image (it has
     /// requirements to install, or the runtime is in command mode).
@@ -362,6 +428,11 @@ pub struct DockerExecutor {
     egress_dirs: egress::EgressDirs,
     /// What every instance's egress proxy counted, for `/metrics`.
     egress_stats: Arc<EgressStats>,
+    /// The host directories runtimes may mount from (canonical), as `newt serve
+    /// --allow-mount` gave them; empty: no mounts at all.
+    allowed_mounts: std::sync::RwLock<Vec<PathBuf>>,
+    /// The image builds running now and how far each is.
+    build_board: BuildBoard,
 }
 
 impl std::fmt::Debug for DockerExecutor {
@@ -395,6 +466,8 @@ impl DockerExecutor {
             host_id: config.host_id,
             builds: BuildQueue::new(&build_limits),
             build_limits,
+            allowed_mounts: Default::default(),
+            build_board: BuildBoard::default(),
         }
     }
 
@@ -423,6 +496,86 @@ impl DockerExecutor {
     /// The limits of image builds.
     pub fn build_limits(&self) -> &BuildLimits {
         &self.build_limits
+    }
+
+    /// The progress of the image builds running now (`GET /v1/functions/{name}`).
+    pub fn build_board(&self) -> BuildBoard {
+        self.build_board.clone()
+    }
+
+    /// Sets the host directories runtimes may mount from (`newt serve --allow-mount`),
+    /// canonicalized; each must exist. Runtimes are checked against them when
+    /// registered and each time one of their containers starts.
+    pub fn set_allowed_mounts(&self, dirs: &[PathBuf]) -> Result<()> {
+        let canonical = mounts::canonical_allowed(dirs).map_err(Error::InvalidLimits)?;
+        *self
+            .allowed_mounts
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = canonical;
+        Ok(())
+    }
+
+    /// A runtime's mounts resolved against the allowed directories now.
+    fn resolve_mounts(&self, runtime: &ContainerRuntime) -> std::result::Result<Vec<(PathBuf, String)>, String> {
+        if runtime.mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let allowed = self
+            .allowed_mounts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        mounts::resolve(&runtime.mounts, &allowed)
+    }
+
+    /// [`Self::resolve_mounts`] for a container about to start: a runtime whose mount
+    /// is no longer allowed (stored before the operator changed `--allow-mount`, or a
+    /// symlink changed since) serves no calls, with the reason (503).
+    fn mounts_for_start(&self, runtime: &ContainerRuntime) -> Result<Vec<(PathBuf, String)>> {
+        self.resolve_mounts(runtime).map_err(|reason| Error::Unavailable {
+            backend: "docker",
+            reason: format!("runtime `{}` cannot start containers: {reason}", runtime.name),
+        })
+    }
+
+    /// Refuses a bundle's `python` that the runtime does not provide, naming the
+    /// runtimes that do.
+    fn check_python(&self, runtime: &ContainerRuntime, config: &BundleConfig) -> Result<()> {
+        let Some(wanted) = &config.python else {
+            return Ok(());
+        };
+        if runtime.python.as_ref() == Some(wanted) {
+            return Ok(());
+        }
+        let providers: Vec<String> = self
+            .runtimes()
+            .into_iter()
+            .filter(|r| r.python.as_ref() == Some(wanted))
+            .map(|r| r.name)
+            .collect();
+        let has = match &runtime.python {
+            Some(v) => format!("provides Python {v}"),
+            None => "does not say which Python it provides (its `python` field)".into(),
+        };
+        let available: Vec<String> = self
+            .runtimes()
+            .into_iter()
+            .filter_map(|r| r.python.map(|v| format!("{} ({v})", r.name)))
+            .collect();
+        let fix = if providers.is_empty() {
+            format!(
+                "no runtime provides it; the Python runtimes here are: {}. The built-in \
+                 image carries one Python ({BUILTIN_PYTHON_VERSION}): for another, register a \
+                 runtime whose image has it, with \"python\": \"{wanted}\"",
+                available.join(", ")
+            )
+        } else {
+            format!("deploy with --runtime {}", providers.join(" or --runtime "))
+        };
+        Err(Error::InvalidBundle(format!(
+            "{BUNDLE_CONFIG_FILE} asks for python = \"{wanted}\", but runtime `{}` {has}: {fix}",
+            runtime.name
+        )))
     }
 
     /// A registered runtime.
@@ -486,22 +639,193 @@ impl DockerExecutor {
         self.runtime(&spec.runtime)
             .ok_or_else(|| Error::UnknownRuntime(spec.runtime.clone()))
     }
+
+    /// The tag of the image a version of `function` with this bundle runs in on this
+    /// engine now (what `prepare` builds or finds); `None` when `runtime` is not
+    /// registered or its base image is not on the engine (no such image can exist).
+    pub async fn function_image_tag(
+        &self,
+        function: &str,
+        runtime: &str,
+        digest: &str,
+    ) -> Result<Option<String>> {
+        let Some(runtime) = self.runtime(runtime) else {
+            return Ok(None);
+        };
+        let docker = self.docker().await?;
+        if !image::image_exists(docker, &runtime.image).await? {
+            return Ok(None);
+        }
+        let base_id = image::image_id(docker, &runtime.image).await?;
+        Ok(Some(function_image_tag(
+            function, &runtime, digest, &base_id,
+        )))
+    }
+
+    /// The function images (`newt-fn/*`) this host built on the engine, by tag.
+    /// Images of other hosts sharing the engine, and images built before images
+    /// carried their host's label, are not listed: this host never removes them.
+    pub async fn function_images(&self) -> Result<Vec<FunctionImage>> {
+        let docker = self.docker().await?;
+        let host = format!("{HOST_LABEL}={}", self.host_id);
+        let filters = HashMap::from([
+            ("label", vec!["newt.managed=true", host.as_str()]),
+            ("reference", vec!["newt-fn/*"]),
+        ]);
+        let summaries = docker
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.engine.error("listing function images", e))?;
+        // What removing an image frees is its own layers: its size less its base
+        // image's (which stays for the runtime). Base sizes by runtime, asked once.
+        let mut base_sizes: HashMap<String, i64> = HashMap::new();
+        let mut images = Vec::new();
+        for summary in summaries {
+            let runtime = summary
+                .labels
+                .get("newt.runtime")
+                .cloned()
+                .unwrap_or_default();
+            if !base_sizes.contains_key(&runtime) {
+                let size = match self.runtime(&runtime) {
+                    Some(def) => docker
+                        .inspect_image(&def.image)
+                        .await
+                        .ok()
+                        .and_then(|i| i.size)
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                base_sizes.insert(runtime.clone(), size);
+            }
+            let own = (summary.size - base_sizes[&runtime]).max(0);
+            for tag in &summary.repo_tags {
+                if !tag.starts_with("newt-fn/") {
+                    continue;
+                }
+                images.push(FunctionImage {
+                    tag: tag.clone(),
+                    function: summary
+                        .labels
+                        .get("newt.function")
+                        .cloned()
+                        .unwrap_or_default(),
+                    runtime: runtime.clone(),
+                    // Shared by the tags of one image: counted once.
+                    bytes: if images.iter().any(|i: &FunctionImage| i.id == summary.id) {
+                        0
+                    } else {
+                        own as u64
+                    },
+                    id: summary.id.clone(),
+                    created: summary.created,
+                });
+            }
+        }
+        images.sort_by(|a, b| a.tag.cmp(&b.tag));
+        Ok(images)
+    }
+
+    /// Removes a function image by tag, never forcing: an image a container still
+    /// uses stays (the engine refuses). `Ok(false)` if there was no such image.
+    pub async fn remove_function_image(&self, tag: &str) -> Result<bool> {
+        if !tag.starts_with("newt-fn/") || !image::valid_reference(tag) {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "{tag:?} is not a function image's tag"
+            )));
+        }
+        let docker = self.docker().await?;
+        match docker
+            .remove_image(
+                tag,
+                Some(
+                    bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                        .force(false)
+                        .build(),
+                ),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.engine.error(&format!("removing image {tag}"), e)),
+        }
+    }
 }
 
-/// Unpacks a bundle for `runtime` into `dest`, refusing unsafe archives and agent
-/// bundles without a `main.py`.
+/// The label naming the host (a hash of its home) that built a function image, so
+/// hosts sharing an engine remove only their own.
+const HOST_LABEL: &str = "newt.host";
+
+/// A function image on the engine, as [`DockerExecutor::function_images`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionImage {
+    /// `newt-fn/NAME:HASH`.
+    pub tag: String,
+    /// The engine's image id.
+    pub id: String,
+    /// The function it was built for (its label).
+    pub function: String,
+    /// The runtime it was built from (its label).
+    pub runtime: String,
+    /// Bytes of its own layers (its size less its base image's); 0 for a second tag
+    /// of the same image.
+    pub bytes: u64,
+    /// When it was built, Unix seconds.
+    pub created: i64,
+}
+
+/// The tag of a function image: the function's name and a hash of everything the image
+/// is made from, the bundle, the runtime's definition and the exact base image. Same
+/// inputs, same image: a build finds it and skips.
+fn function_image_tag(
+    function: &str,
+    runtime: &ContainerRuntime,
+    digest: &str,
+    base_id: &str,
+) -> String {
+    // The policy says how many containers to keep, not what is in them; the
+    // variables and mounts are given to containers, not built into the image; the
+    // Python version describes the image, it does not make it.
+    let build_inputs = ContainerRuntime {
+        policy: None,
+        python: None,
+        env: BTreeMap::new(),
+        mounts: Vec::new(),
+        ..runtime.clone()
+    };
+    let inputs = format!(
+        "{digest}\n{}\n{base_id}",
+        serde_json::to_string(&build_inputs).unwrap_or_default()
+    );
+    format!(
+        "newt-fn/{function}:{}",
+        &crate::cas::Digest::of(inputs.as_bytes()).as_str()[..16]
+    )
+}
+
+/// Unpacks a bundle for `runtime` into `dest`, refusing unsafe archives, agent
+/// bundles without a `main.py` and an invalid `newt.toml` (which it returns).
 fn unpack_for(
     runtime: &ContainerRuntime,
     bundle: &[u8],
     dest: &Path,
-) -> Result<crate::bundle::Unpacked> {
+) -> Result<(crate::bundle::Unpacked, BundleConfig)> {
     let unpacked = unpack(bundle, dest, &BundleLimits::default())?;
+    let config = BundleConfig::read(dest)?;
     if runtime.mode == RunMode::Agent && !unpacked.files.iter().any(|f| f == Path::new("main.py")) {
         return Err(Error::InvalidBundle(
             "the bundle has no main.py at its root: the handler is main.py's `handler`".into(),
         ));
     }
-    if install_command(runtime, &unpacked).is_some()
+    if (install_command(runtime, &unpacked).is_some() || !config.build.is_empty())
         && let Ok(deps) = std::fs::symlink_metadata(dest.join(DEPS_DIR))
         && !deps.is_dir()
     {
@@ -509,7 +833,7 @@ fn unpack_for(
             "the bundle's `{DEPS_DIR}` is not a folder: requirements are installed there"
         )));
     }
-    Ok(unpacked)
+    Ok((unpacked, config))
 }
 
 /// The folder of the runtime's `path` that requirements are installed into: the build
@@ -542,6 +866,22 @@ fn install_command<'a>(
     command.map(String::as_str)
 }
 
+/// What the build is doing at each `RUN` of the Dockerfile, as its progress shows it:
+/// the instruction as the engine prints it (`RUN <command>`) and the step's name.
+fn step_names(install: Option<&str>, steps: &[String]) -> Vec<(String, String)> {
+    let mut names = Vec::new();
+    if let Some(install) = install {
+        names.push((format!("RUN {install}"), "installing requirements".to_string()));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        names.push((
+            format!("RUN {step}"),
+            format!("build step {}/{}: {step}", i + 1, steps.len()),
+        ));
+    }
+    names
+}
+
 /// The validated tree as base64 of a .tar.gz, what a runtime-level instance loads.
 fn generic_bundle(code_dir: &Path) -> Result<String> {
     use base64::Engine as _;
@@ -569,19 +909,26 @@ fn generic_bundle(code_dir: &Path) -> Result<String> {
 /// cache has them after the first build, and the labels are one step, not one each:
 /// the classic builder runs a container for every step, about a second apiece on a
 /// busy engine, which a build's deadline pays for.
+///
+/// A bundle's `newt.toml` `build` steps come after the install, one `RUN` each, as the
+/// same user with the same limits and network (they are checked to be one line each).
 fn dockerfile(
     runtime: &ContainerRuntime,
     install: Option<&str>,
+    steps: &[String],
     labels: &[(&str, &str)],
 ) -> String {
     let (image, path, uid) = (&runtime.image, &runtime.path, container::FUNCTION_UID);
     let mut dockerfile = format!("FROM {image}\nUSER {uid}\nWORKDIR {path}\n");
-    if install.is_some() {
+    if install.is_some() || !steps.is_empty() {
         dockerfile.push_str(&format!("ENV PYTHONUSERBASE={path}/{DEPS_DIR}\n"));
     }
     dockerfile.push_str(&format!("COPY --chown={uid}:{uid} code/ {path}/\n"));
     if let Some(install) = install {
         dockerfile.push_str(&format!("RUN {install}\n"));
+    }
+    for step in steps {
+        dockerfile.push_str(&format!("RUN {step}\n"));
     }
     if !labels.is_empty() {
         // Quoted as JSON strings, which the Dockerfile's LABEL reads alike.
@@ -601,15 +948,16 @@ fn build_context(
     runtime: &ContainerRuntime,
     code_dir: &Path,
     install: Option<&str>,
+    steps: &[String],
     labels: &[(&str, &str)],
 ) -> Result<Vec<u8>> {
-    if install.is_some() {
+    if install.is_some() || !steps.is_empty() {
         let deps = code_dir.join(DEPS_DIR);
         if !deps.is_dir() {
             std::fs::create_dir(&deps).map_err(|e| Error::io("creating", &deps, e))?;
         }
     }
-    let dockerfile = dockerfile(runtime, install, labels);
+    let dockerfile = dockerfile(runtime, install, steps, labels);
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     let mut header = tar::Header::new_gnu();
@@ -649,14 +997,16 @@ impl Executor for DockerExecutor {
         self.docker().await?;
         let work_dir = self.work_dir.clone();
         let bundle = bundle.clone();
-        tokio::task::spawn_blocking(move || {
+        let unpack_runtime = runtime.clone();
+        let config = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&work_dir).map_err(|e| Error::io("creating", &work_dir, e))?;
             let scratch = tempfile::tempdir_in(&work_dir)
                 .map_err(|e| Error::io("creating a scratch directory in", &work_dir, e))?;
-            unpack_for(&runtime, &bundle, scratch.path()).map(drop)
+            unpack_for(&unpack_runtime, &bundle, scratch.path()).map(|(_, config)| config)
         })
         .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))?
+        .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))??;
+        self.check_python(&runtime, &config)
     }
 
     fn prepares_in_background(&self) -> bool {
@@ -665,30 +1015,21 @@ impl Executor for DockerExecutor {
 
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<ContainerPrepared> {
         let runtime = self.runtime_for(spec)?;
+        // On the board from now until this returns, whichever way.
+        let progress = self
+            .build_board
+            .start(&spec.name, spec.version, "checking the base image");
         let docker = self.docker().await?;
         self.ensure_image_on(docker, &runtime).await?;
         // The tag names everything the image is made from: the bundle, the runtime's
         // definition and the exact base image. Same inputs, same image: skip the build.
         let base_id = image::image_id(docker, &runtime.image).await?;
-        // The policy says how many containers to keep, not what is in them.
-        let build_inputs = ContainerRuntime {
-            policy: None,
-            ..runtime.clone()
-        };
-        let inputs = format!(
-            "{}\n{}\n{base_id}",
-            spec.digest,
-            serde_json::to_string(&build_inputs).unwrap_or_default()
-        );
-        let tag = format!(
-            "newt-fn/{}:{}",
-            spec.name,
-            &crate::cas::Digest::of(inputs.as_bytes()).as_str()[..16]
-        );
+        let tag = function_image_tag(&spec.name, &runtime, &spec.digest, &base_id);
         // A build takes its slot before unpacking: builds in line hold no memory or
         // disk. The same image may have been built while this one waited.
         let mut slot = None;
         if !image::image_exists(docker, &tag).await? {
+            progress.step("waiting for a build slot");
             let entered = self
                 .builds
                 .enter()
@@ -703,6 +1044,7 @@ impl Executor for DockerExecutor {
         }
         let deadline = Instant::now() + self.build_limits.timeout;
         let build = slot.is_some();
+        progress.step("unpacking the bundle");
         let bytes = std::fs::read(bundle).map_err(|e| Error::io("reading", bundle, e))?;
         std::fs::create_dir_all(&self.work_dir)
             .map_err(|e| Error::io("creating", &self.work_dir, e))?;
@@ -712,34 +1054,50 @@ impl Executor for DockerExecutor {
         std::fs::create_dir(&code).map_err(|e| Error::io("creating", &code, e))?;
         let build_runtime = runtime.clone();
         let (function, runtime_name) = (spec.name.clone(), spec.runtime.clone());
-        let (context, generic) = tokio::task::spawn_blocking(move || {
-            let unpacked = unpack_for(&build_runtime, &bytes, &code)?;
-            // Code with requirements needs its own image; the rest can also be loaded
-            // into a runtime-level instance.
-            let generic = if build_runtime.mode == RunMode::Agent && !unpacked.has_requirements {
+        let host_id = self.host_id.clone();
+        let (context, generic, config, steps) = tokio::task::spawn_blocking(move || {
+            let (unpacked, config) = unpack_for(&build_runtime, &bytes, &code)?;
+            // Code with requirements or build steps needs its own image; the rest can
+            // also be loaded into a runtime-level instance.
+            let generic = if build_runtime.mode == RunMode::Agent
+                && !unpacked.has_requirements
+                && config.build.is_empty()
+            {
                 Some(generic_bundle(&code)?)
             } else {
                 None
             };
+            let install = install_command(&build_runtime, &unpacked);
+            let steps = step_names(install, &config.build);
             let context = if build {
-                let install = install_command(&build_runtime, &unpacked);
                 let labels = [
                     ("newt.managed", "true"),
                     ("newt.function", function.as_str()),
                     ("newt.runtime", runtime_name.as_str()),
+                    (HOST_LABEL, host_id.as_str()),
                 ];
-                Some(build_context(&build_runtime, &code, install, &labels)?)
+                Some(build_context(
+                    &build_runtime,
+                    &code,
+                    install,
+                    &config.build,
+                    &labels,
+                )?)
             } else {
                 None
             };
-            Ok::<_, Error>((context, generic))
+            Ok::<_, Error>((context, generic, config, steps))
         })
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("unpack task: {e}")))??;
+        // Checked at deploy too; again here, for a version stored before the runtime
+        // changed.
+        self.check_python(&runtime, &config)?;
         let prepared = ContainerPrepared {
             image: tag.clone(),
             runtime: runtime.clone(),
             handler: DEFAULT_HANDLER.into(),
+            bundle_env: config.env,
             generic_bundle: generic,
         };
         let Some(context) = context else {
@@ -751,6 +1109,7 @@ impl Executor for DockerExecutor {
                 tag: &tag,
                 limits: &self.build_limits,
                 deadline,
+                progress: Some((&progress, &steps)),
             },
             context,
         )
@@ -782,6 +1141,7 @@ impl Executor for DockerExecutor {
             egress.serve(&spec.allow_outbound, &self.egress_stats)?;
             Some(egress)
         };
+        let mounts = self.mounts_for_start(&prepared.runtime)?;
         container::start(
             &self.engine,
             docker,
@@ -792,6 +1152,8 @@ impl Executor for DockerExecutor {
                 image: &prepared.image,
                 handler: Some(&prepared.handler),
                 env: &spec.env,
+                base_env: &prepared.runtime.base_env(&prepared.bundle_env),
+                mounts: &mounts,
                 host_id: &self.host_id,
             },
             egress,
@@ -811,6 +1173,7 @@ impl Executor for DockerExecutor {
             .ok_or_else(|| Error::UnknownRuntime(runtime.to_string()))?;
         let docker = self.docker().await?;
         self.ensure_image_on(docker, &runtime).await?;
+        let mounts = self.mounts_for_start(&runtime)?;
         // Generic instances are started with the default limits and no code, and
         // (with a local engine) an empty egress directory: the function that claims
         // one may have an allow-list, whose proxy then listens there (see `load`).
@@ -829,6 +1192,9 @@ impl Executor for DockerExecutor {
                 image: &runtime.image,
                 handler: None,
                 env: &Default::default(),
+                // The runtime's own variables only: a bundle's come with its code.
+                base_env: &runtime.base_env(&BTreeMap::new()),
+                mounts: &mounts,
                 host_id: &self.host_id,
             },
             egress,
@@ -855,9 +1221,18 @@ impl Executor for DockerExecutor {
             .generic_bundle
             .as_deref()
             .ok_or_else(|| Error::InstanceStart("the function needs its own image".into()))?;
+        // The bundle's `[env]` under the function's own, delivered with the code.
+        let env = if prepared.bundle_env.is_empty() {
+            spec.env.clone()
+        } else {
+            let mut merged = prepared.bundle_env.clone();
+            merged.extend(spec.env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            crate::executor::Env(Arc::new(merged))
+        };
         container::load(
             instance,
             spec,
+            &env,
             &prepared.handler,
             GENERIC_WORKDIR,
             bundle,
@@ -926,10 +1301,17 @@ impl Executor for DockerExecutor {
         true
     }
 
+    /// `check` (a registration through the API): the image must be on the engine and
+    /// the mounts under the allowed directories. Without it (a runtime restored from
+    /// the store at start) a mount no longer allowed is kept, and its containers are
+    /// refused when they start (503, with the reason).
     async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()> {
         runtime.validate()?;
         if check {
+            self.resolve_mounts(&runtime).map_err(Error::InvalidRuntime)?;
             self.ensure_runtime_image(&runtime).await?;
+        } else if let Err(reason) = self.resolve_mounts(&runtime) {
+            tracing::warn!(runtime = %runtime.name, "{reason}: its calls will fail until it is allowed");
         }
         self.runtimes.insert(runtime.name.clone(), runtime);
         Ok(())
@@ -995,7 +1377,7 @@ mod tests {
         let python = ContainerRuntime::builtin_python();
         let install = python.dependencies_offline.as_deref();
         let labels = [("newt.managed", "true"), ("newt.function", "dice")];
-        let dockerfile = dockerfile(&python, install, &labels);
+        let dockerfile = dockerfile(&python, install, &[], &labels);
         let lines: Vec<&str> = dockerfile.lines().collect();
         assert_eq!(
             lines,
@@ -1032,7 +1414,7 @@ mod tests {
         );
 
         // No requirements: no RUN at all, and the image's user is still the function's.
-        let bare = super::dockerfile(&python, None, &[]);
+        let bare = super::dockerfile(&python, None, &[], &[]);
         assert_eq!(
             bare,
             "FROM newt/python:3\nUSER 10001\nWORKDIR /app\nCOPY --chown=10001:10001 code/ /app/\n"
@@ -1049,7 +1431,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(code.path().join("requirements.txt"), "x\n").unwrap();
-        let context = build_context(&python, code.path(), Some("pip3 install x"), &[]).unwrap();
+        let context =
+            build_context(&python, code.path(), Some("pip3 install x"), &[], &[]).unwrap();
         let mut archive = tar::Archive::new(context.as_slice());
         let mut entries = HashMap::new();
         for entry in archive.entries().unwrap() {

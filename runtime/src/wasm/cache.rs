@@ -30,6 +30,23 @@ pub(crate) enum Artifact {
     Component(Component),
 }
 
+/// One compiled artifact in the cache, as [`ModuleCache::list`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedArtifact {
+    /// Its file name in the cache directory (`DIGEST-FINGERPRINT.cwasm`): what
+    /// removing it takes.
+    pub file: String,
+    /// The digest of the bundle it was compiled from.
+    pub digest: Digest,
+    /// Whether this process's engine can load it (same fingerprint); `false`: an
+    /// artifact of another wasmtime version or configuration, never loaded again.
+    pub current_engine: bool,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was written.
+    pub modified: std::time::SystemTime,
+}
+
 /// Whether a module came from the cache or was compiled now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -49,6 +66,66 @@ impl ModuleCache {
     fn artifact(&self, digest: &Digest) -> PathBuf {
         self.dir
             .join(format!("{}-{}.cwasm", digest.as_str(), self.fingerprint))
+    }
+
+    /// Every compiled artifact in the cache, of any engine fingerprint. Files that do
+    /// not have an artifact's name (the temporary directory, a stray file) are skipped.
+    pub(crate) fn list(&self) -> Result<Vec<CachedArtifact>> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
+        let mut artifacts = Vec::new();
+        for entry in entries.flatten() {
+            let Some(file) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((digest, fingerprint)) = file
+                .strip_suffix(".cwasm")
+                .and_then(|stem| stem.split_once('-'))
+            else {
+                continue;
+            };
+            let Some(digest) = Digest::parse(digest) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            artifacts.push(CachedArtifact {
+                current_engine: fingerprint == self.fingerprint,
+                file,
+                digest,
+                bytes: meta.len(),
+                modified: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            });
+        }
+        artifacts.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(artifacts)
+    }
+
+    /// Removes one artifact by its file name (as [`ModuleCache::list`] gives it);
+    /// `Ok(false)` if there was none. A name that is not an artifact's is refused, so
+    /// nothing outside the cache's own files can be named.
+    pub(crate) fn remove(&self, file: &str) -> Result<bool> {
+        let is_artifact = file
+            .strip_suffix(".cwasm")
+            .and_then(|stem| stem.split_once('-'))
+            .is_some_and(|(digest, fingerprint)| {
+                Digest::parse(digest).is_some()
+                    && !fingerprint.is_empty()
+                    && fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+        if !is_artifact {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "{file:?} is not a compiled artifact's name"
+            )));
+        }
+        let path = self.dir.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("removing", path, e)),
+        }
     }
 
     /// Loads the module or component for `digest` from the cache, or compiles `bundle`
@@ -147,6 +224,38 @@ fn fingerprint(engine: &Engine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache lists its artifacts, telling this engine's from another's, and
+    /// removes only artifacts by name.
+    #[test]
+    fn list_tells_current_artifacts_from_stale_ones() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path().join("cache"), &engine).unwrap();
+        let wasm = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        let bundle = dir.path().join("bundle.wasm");
+        std::fs::write(&bundle, &wasm).unwrap();
+        let digest = Digest::of(&wasm);
+        cache.load_or_compile(&engine, &digest, &bundle).unwrap();
+        let stale = format!("{}-00112233aabbccdd.cwasm", digest.as_str());
+        std::fs::write(dir.path().join("cache").join(&stale), b"old").unwrap();
+        std::fs::write(dir.path().join("cache").join("README"), b"not mine").unwrap();
+
+        let listed = cache.list().unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let current: Vec<_> = listed.iter().filter(|a| a.current_engine).collect();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].digest, digest);
+        assert!(current[0].bytes > 0);
+        let old = listed.iter().find(|a| !a.current_engine).unwrap();
+        assert_eq!((old.file.as_str(), old.bytes), (stale.as_str(), 3));
+
+        assert!(cache.remove(&stale).unwrap());
+        assert!(!cache.remove(&stale).unwrap());
+        assert!(cache.remove("README").is_err());
+        assert!(cache.remove("../newt.db").is_err());
+        assert_eq!(cache.list().unwrap().len(), 1);
+    }
 
     /// A cache directory that cannot take the artifact (here its temporary directory
     /// is a file; on a full disk the write fails) still gives the compiled module.

@@ -50,6 +50,7 @@ use component::{ComponentGuest, Egress};
 use pipes::{CappedPipe, Overflow};
 
 pub(crate) use cache::Source as ModuleSource;
+pub use cache::CachedArtifact;
 
 /// How often the engine's epoch advances. A running guest yields to the async
 /// executor at each tick, so one busy guest cannot starve others or the HTTP server.
@@ -393,6 +394,14 @@ impl Executor for WasmExecutor {
         true
     }
 
+    fn cached_artifacts(&self) -> Result<Vec<CachedArtifact>> {
+        self.cache.list()
+    }
+
+    fn remove_cached_artifact(&self, file: &str) -> Result<bool> {
+        self.cache.remove(file)
+    }
+
     async fn check_bundle(&self, _runtime: &str, bundle: &Bytes) -> Result<()> {
         if !bundle.starts_with(b"\0asm") {
             return Err(Error::InvalidBundle(
@@ -403,6 +412,14 @@ impl Executor for WasmExecutor {
             ));
         }
         Ok(())
+    }
+
+    fn takes_http(&self, bundle: &Path) -> bool {
+        use std::io::Read;
+        let mut header = [0u8; 8];
+        std::fs::File::open(bundle)
+            .and_then(|mut file| file.read_exact(&mut header))
+            .is_ok_and(|()| cache::is_component(&header))
     }
 
     async fn prepare(&self, spec: &FunctionSpec, bundle: &Path) -> Result<WasmPrepared> {

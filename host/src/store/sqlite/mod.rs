@@ -7,7 +7,9 @@
 //! queue of [`writer`]. Reads use separate connections, which WAL lets run beside the
 //! writer; reads of calls flush the queue first so a caller sees its own writes.
 
+mod aliases;
 mod calls;
+mod retention;
 mod routes;
 mod runtimes;
 mod schema;
@@ -24,9 +26,10 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 use super::{
-    CallFilter, CallRecord, FunctionVersion, Recovery, SealedSecrets, Store, StoredRoute,
-    VersionStatus,
+    CallFilter, CallRecord, FunctionVersion, Recovery, SealedSecrets, Store, StoredAlias,
+    StoredRoute, VersionStatus,
 };
+use super::{CallRetention, PrunableCalls, StoreCounts, VersionRef};
 use writer::Writer;
 pub(crate) use writer::is_sqlite_full;
 
@@ -219,8 +222,16 @@ impl Store for SqliteStore {
 
     async fn delete_function(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
-        self.write(move |conn| versions::delete_function(conn, &name))
-            .await
+        // One transaction: a function's aliases and rollbacks never outlive it.
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let existed = versions::delete_function(&tx, &name)?;
+            aliases::delete_function(&tx, &name)?;
+            tx.commit()
+                .with_context(|| format!("committing the delete of function {name}"))?;
+            Ok(existed)
+        })
+        .await
     }
 
     async fn put_runtime(&self, name: &str, definition: &serde_json::Value) -> Result<()> {
@@ -250,6 +261,31 @@ impl Store for SqliteStore {
     async fn delete_route(&self, path: &str) -> Result<bool> {
         let path = path.to_owned();
         self.write(move |conn| routes::delete(conn, &path)).await
+    }
+
+    async fn put_alias(&self, alias: &StoredAlias) -> Result<bool> {
+        let alias = alias.clone();
+        self.write(move |conn| aliases::put(conn, &alias)).await
+    }
+
+    async fn aliases(&self) -> Result<Vec<StoredAlias>> {
+        self.read(aliases::all).await
+    }
+
+    async fn delete_alias(&self, function: &str, alias: &str) -> Result<bool> {
+        let (function, alias) = (function.to_owned(), alias.to_owned());
+        self.write(move |conn| aliases::delete(conn, &function, &alias))
+            .await
+    }
+
+    async fn rolled_back(&self) -> Result<Vec<(String, i64)>> {
+        self.read(aliases::rolled_back).await
+    }
+
+    async fn roll_back(&self, function: &str, version: i64, set_aside: &[i64]) -> Result<()> {
+        let (function, set_aside) = (function.to_owned(), set_aside.to_vec());
+        self.write(move |conn| aliases::roll_back(conn, &function, version, &set_aside))
+            .await
     }
 
     fn next_call_num(&self) -> i64 {
@@ -290,6 +326,35 @@ impl Store for SqliteStore {
 
     async fn recover(&self) -> Result<Recovery> {
         self.write(calls::recover).await
+    }
+
+    async fn referenced_versions(&self, keep_ready: usize) -> Result<Vec<VersionRef>> {
+        self.read(move |conn| retention::referenced(conn, keep_ready))
+            .await
+    }
+
+    async fn all_versions(&self) -> Result<Vec<VersionRef>> {
+        self.read(retention::all).await
+    }
+
+    async fn prunable_calls(&self, rule: &CallRetention) -> Result<PrunableCalls> {
+        self.flush().await?;
+        let rule = rule.clone();
+        self.read(move |conn| retention::prunable(conn, &rule))
+            .await
+    }
+
+    async fn prune_calls(&self, rule: &CallRetention, batch: usize) -> Result<PrunableCalls> {
+        let rule = rule.clone();
+        self.inner
+            .writer
+            .run(move |conn| retention::prune_batch(conn, &rule, batch))
+            .await
+    }
+
+    async fn counts(&self) -> Result<StoreCounts> {
+        self.flush().await?;
+        self.read(retention::counts).await
     }
 
     async fn close(&self) {

@@ -98,6 +98,10 @@ enum WriterMsg {
     Flush(Ack),
     /// Stop accepting records, write what is queued, close, then answer.
     Close(oneshot::Sender<()>),
+    /// Run a short maintenance step (retention's deletes) on the writer's connection,
+    /// after the records queued before it are written, so it never races them for
+    /// SQLite's write lock and calls never wait on it.
+    Task(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
 /// The sending end of the queue; the writer thread stops when it is closed.
@@ -213,6 +217,27 @@ impl Writer {
             .map_err(|failure| failure.into_error().context("flushing call records"))
     }
 
+    /// Runs `task` on the writer thread's connection once the records queued before it
+    /// are written, and returns its result. Keep it short (one small transaction):
+    /// records queued behind it wait for it.
+    pub(super) async fn run<T, F>(&self, task: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let task = Box::new(move |conn: &mut Connection| {
+            let _ = done.send(task(conn));
+        });
+        self.queue
+            .send(WriterMsg::Task(task))
+            .await
+            .map_err(|_| anyhow!("the call store is closed"))?;
+        result
+            .await
+            .map_err(|_| anyhow!("the store writer stopped"))?
+    }
+
     /// Writes everything queued, closes the queue and stops the thread.
     pub(super) async fn close(&self) {
         let (ack, closed) = oneshot::channel();
@@ -228,12 +253,14 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>, lost: 
     while let Some(first) = queue.blocking_recv() {
         let mut records: Vec<(Box<CallRecord>, Option<Ack>, OwnedSemaphorePermit)> = Vec::new();
         let mut flushes = Vec::new();
+        let mut tasks = Vec::new();
         let mut lingered = false;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Record { record, ack, _room } => records.push((record, ack, _room)),
                 WriterMsg::Flush(ack) => flushes.push(ack),
+                WriterMsg::Task(task) => tasks.push(task),
                 WriterMsg::Close(ack) => {
                     close_acks.push(ack);
                     // Refuse new messages; those already queued are still written, and
@@ -241,7 +268,8 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>, lost: 
                     queue.close();
                 }
             }
-            if records.len() < MAX_BATCH {
+            // A task runs right after this batch: what comes after it waits for it.
+            if records.len() < MAX_BATCH && tasks.is_empty() {
                 next = queue.try_recv().ok();
                 // Nobody waits on a batch of plain write-behind records: give it a
                 // moment to grow, so a busy host commits many calls per transaction
@@ -318,6 +346,9 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriterMsg>, lost: 
                     let _ = ack.send(Err(failure.clone()));
                 }
             }
+        }
+        for task in tasks {
+            task(&mut conn);
         }
     }
     drop(conn);

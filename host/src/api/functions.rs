@@ -392,7 +392,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/functions/{name}/invoke[?async=true]`: the body is the input.
+/// `POST /v1/functions/{name}/invoke[?async=true][&version=N|&alias=A]`: the body is
+/// the input. `name` may be `FN@3` (version 3) or `FN:prod` (alias `prod`).
 pub async fn invoke(
     State(service): State<SharedService>,
     axum::Extension(caller): axum::Extension<super::auth::Caller>,
@@ -409,11 +410,30 @@ pub async fn invoke(
             )));
         }
     };
-    if let Some(other) = query.keys().find(|k| k.as_str() != "async") {
+    if let Some(other) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "async" | "version" | "alias"))
+    {
         return Err(ApiError::BadRequest(format!(
-            "unknown parameter `{other}`: the only one accepted is async"
+            "unknown parameter `{other}`: accepted are async, version and alias"
         )));
     }
+    // `?version=3` and `?alias=prod` say what `FN@3` and `FN:prod` say.
+    let name = match (query.get("version"), query.get("alias")) {
+        (None, None) => name,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give version or alias, not both".into(),
+            ));
+        }
+        _ if crate::service::split_target(&name)?.is_some() => {
+            return Err(ApiError::BadRequest(format!(
+                "`{name}` already names a version: drop ?version= / ?alias="
+            )));
+        }
+        (Some(version), None) => format!("{name}@{version}"),
+        (None, Some(alias)) => format!("{name}:{alias}"),
+    };
     let input = body(input, service.config.max_input_bytes, "input")?;
 
     if is_async {

@@ -85,8 +85,12 @@ impl Drop for BacklogSlot {
 
 impl Service {
     /// The spec calls of `name` run. A function whose only versions are building or
-    /// failed answers 409 with what to do.
+    /// failed answers 409 with what to do. `FN@3` and `FN:alias` name another version
+    /// (see [`super::versions`]).
     pub fn serving(&self, name: &str) -> ServiceResult<Arc<FunctionSpec>> {
+        if let Some((function, target)) = super::versions::split_target(name)? {
+            return self.target_spec(function, &target);
+        }
         super::deploy::validate_name(name)?;
         if let Some(spec) = self.registry.serving(name) {
             return Ok(spec);
@@ -166,6 +170,9 @@ impl Service {
         caller: Option<String>,
     ) -> ServiceResult<CallRecord> {
         let spec = self.serving(name)?;
+        // A call of a named version (`FN@3`, `FN:alias`) runs the version picked now;
+        // a plain one, the version serving when it runs.
+        let pinned = super::versions::split_target(name)?.map(|_| spec.clone());
         let record = self.new_call(&spec, input, true, caller);
         let max = self.config.max_async_backlog;
         let reserved = self
@@ -193,7 +200,7 @@ impl Service {
                 ),
                 false => ApiError::Unavailable(format!("the call was not accepted: {e:#}")),
             })?;
-        self.spawn_async(record.clone(), slot);
+        self.spawn_async(record.clone(), slot, pinned);
         Ok(record)
     }
 
@@ -201,14 +208,21 @@ impl Service {
     pub(super) fn resume_async(self: &Arc<Self>, record: CallRecord) {
         self.async_backlog.fetch_add(1, Ordering::AcqRel);
         let slot = BacklogSlot(self.async_backlog.clone());
-        self.spawn_async(record, slot);
+        // Which version a call named is not stored: after a restart it runs the
+        // serving version.
+        self.spawn_async(record, slot, None);
     }
 
     /// Runs an accepted async call in the background, at most `async_concurrency` at
-    /// once, with the function's newest ready version. Once the server is shutting
+    /// once, with `pinned` (a named version) or else the serving version. Once the server is shutting
     /// down, a call still waiting for its turn is not started: it stays `pending` in
     /// the store and runs after the restart.
-    fn spawn_async(self: &Arc<Self>, mut record: CallRecord, slot: BacklogSlot) {
+    fn spawn_async(
+        self: &Arc<Self>,
+        mut record: CallRecord,
+        slot: BacklogSlot,
+        pinned: Option<Arc<FunctionSpec>>,
+    ) {
         // The input is in the store (durable before the 202): a call waiting for its
         // turn holds only its record, so a backlog of large inputs costs no memory.
         record.input = Vec::new();
@@ -237,7 +251,12 @@ impl Service {
                     return;
                 }
             };
-            match service.registry.serving(&record.function) {
+            let spec = match pinned {
+                Some(spec) if service.registry.contains(&record.function) => Some(spec),
+                Some(_) => None,
+                None => service.registry.serving(&record.function),
+            };
+            match spec {
                 Some(spec) => {
                     if let Err(e) = service.run_call(record, &spec, None).await {
                         tracing::warn!("async call failed to run: {e}");

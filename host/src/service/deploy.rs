@@ -317,6 +317,9 @@ impl Service {
             && existing.status != VersionStatus::Failed
             && FunctionConfig::of(&existing) == wanted
             && existing.secrets == configured.secrets
+            // After a rollback set it aside, the same bundle again is a new version,
+            // which serves (a roll forward).
+            && !self.newest_set_aside(name)
         {
             return Ok(Deployed::Unchanged(existing));
         }
@@ -505,7 +508,14 @@ impl Service {
     ) -> ServiceResult<FunctionDetail> {
         change.check()?;
         let guard = self.deploy_lock.lock().await;
-        let newest = self.newest(name)?;
+        let mut newest = self.newest(name)?;
+        // After a rollback the change applies to the version serving, not to the
+        // newer one it set aside.
+        if self.newest_set_aside(name)
+            && let Some(Some(served)) = self.registry.get(name).map(|e| e.serving)
+        {
+            newest = served.version;
+        }
         let mut config = FunctionConfig::of(&newest);
         config.policy.extend(policy_changes);
         self.registry

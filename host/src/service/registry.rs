@@ -9,22 +9,64 @@
 //! Resolving a version also opens its secrets (with the host key it holds) into the
 //! spec's environment, beside the version's plain variables, and parses its
 //! allow-list: the spec is the only place a secret's value is kept in the clear.
+//!
+//! It also keeps every live version of each function (so `FN@3` resolves without the
+//! store), the versions a rollback set aside, and the function's aliases. The serving
+//! version is the newest ready version that no rollback set aside; a version called
+//! by number or alias that is not serving gets its spec resolved on its first call
+//! (with the function's policy: the serving version's overrides), kept until the
+//! function or a policy changes.
 
 use dashmap::DashMap;
 use newt_runtime::{AllowList, Env, FunctionSpec, Policy};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::FunctionConfig;
 use crate::secrets::SecretKeys;
-use crate::store::FunctionVersion;
+use crate::store::{FunctionVersion, StoredAlias, VersionStatus};
 
 /// What a function is right now.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// The newest version, whatever its status.
     pub newest: FunctionVersion,
-    /// The newest ready version, which calls run, if any.
+    /// The newest ready version no rollback set aside, which calls run, if any.
     pub serving: Option<Served>,
+    /// Every live version, by number.
+    pub versions: BTreeMap<i64, FunctionVersion>,
+    /// The versions rollbacks set aside.
+    pub rolled_back: BTreeSet<i64>,
+    /// The function's aliases, by name.
+    pub aliases: BTreeMap<String, StoredAlias>,
+    /// Resolved specs of versions called by number or alias while not serving.
+    pinned: HashMap<i64, Arc<FunctionSpec>>,
+}
+
+impl Entry {
+    fn new(newest: FunctionVersion) -> Entry {
+        Entry {
+            versions: BTreeMap::from([(newest.version, newest.clone())]),
+            newest,
+            serving: None,
+            rolled_back: BTreeSet::new(),
+            aliases: BTreeMap::new(),
+            pinned: HashMap::new(),
+        }
+    }
+}
+
+/// What a call of one version of a function finds.
+#[derive(Debug)]
+pub enum VersionLookup {
+    /// It can run: its spec.
+    Runnable(Arc<FunctionSpec>),
+    /// It exists but is building or failed.
+    NotReady(FunctionVersion),
+    /// It is ready but cannot be served (its secrets do not open): why.
+    Unresolvable(String),
+    /// No such function or version.
+    Unknown,
 }
 
 /// A ready version and its resolved spec.
@@ -73,6 +115,8 @@ impl Registry {
         self.runtime_policies.insert(runtime.to_string(), policy);
         let mut changed = Vec::new();
         for mut entry in self.functions.iter_mut() {
+            // Versions called by number take the new policy on their next call.
+            entry.pinned.clear();
             if let Some(served) = entry.serving.as_mut()
                 && served.version.runtime == runtime
                 && let Some(spec) = self.resolve_or_log(&served.version)
@@ -207,11 +251,13 @@ impl Registry {
                 version: version.clone(),
             });
         let spec = served.as_ref().map(|s| s.spec.clone());
-        let mut entry = self.functions.entry(name).or_insert_with(|| Entry {
-            newest: version.clone(),
-            serving: None,
-        });
+        let mut entry = self
+            .functions
+            .entry(name)
+            .or_insert_with(|| Entry::new(version.clone()));
+        entry.versions.insert(version.version, version.clone());
         entry.newest = version;
+        entry.pinned.clear();
         if served.is_some() {
             entry.serving = served;
         }
@@ -222,6 +268,9 @@ impl Registry {
     /// one becomes the serving one. Returns its spec when it does.
     pub fn finish_build(&self, version: FunctionVersion) -> Option<Arc<FunctionSpec>> {
         let mut entry = self.functions.get_mut(&version.name)?;
+        if let Some(known) = entry.versions.get_mut(&version.version) {
+            *known = version.clone();
+        }
         if entry.newest.version != version.version {
             return None;
         }
@@ -247,13 +296,21 @@ impl Registry {
         serving: &serde_json::Value,
     ) -> Option<Arc<FunctionSpec>> {
         let mut entry = self.functions.get_mut(name)?;
+        let entry = &mut *entry;
         entry.newest.config = newest.clone();
         let newest_version = entry.newest.version;
+        if let Some(known) = entry.versions.get_mut(&newest_version) {
+            known.config = newest.clone();
+        }
+        entry.pinned.clear();
         let served = entry.serving.as_mut()?;
         served.version.config = match served.version.version == newest_version {
             true => newest.clone(),
             false => serving.clone(),
         };
+        if let Some(known) = entry.versions.get_mut(&served.version.version) {
+            known.config = served.version.config.clone();
+        }
         served.spec = self.resolve_or_log(&served.version)?;
         Some(served.spec.clone())
     }
@@ -263,15 +320,115 @@ impl Registry {
         self.functions.remove(name);
     }
 
-    /// Loads a function at start: its newest version and its newest ready one.
-    pub fn load(&self, newest: FunctionVersion, ready: Option<FunctionVersion>) {
-        let serving = ready.and_then(|version| {
-            Some(Served {
-                spec: self.resolve_or_log(&version)?,
-                version,
-            })
+    /// Loads a function at start from its live versions (any order; none: nothing)
+    /// and the versions rollbacks set aside: it serves its newest ready version that
+    /// is not set aside.
+    pub fn load(&self, versions: Vec<FunctionVersion>, rolled_back: BTreeSet<i64>) {
+        let Some(newest) = versions.iter().max_by_key(|v| v.version).cloned() else {
+            return;
+        };
+        let mut entry = Entry::new(newest);
+        entry.versions = versions.into_iter().map(|v| (v.version, v)).collect();
+        entry.rolled_back = rolled_back;
+        entry.serving = entry
+            .versions
+            .values()
+            .rev()
+            .find(|v| v.status == VersionStatus::Ready && !entry.rolled_back.contains(&v.version))
+            .and_then(|version| {
+                Some(Served {
+                    spec: self.resolve_or_log(version)?,
+                    version: version.clone(),
+                })
+            });
+        self.functions.insert(entry.newest.name.clone(), entry);
+    }
+
+    /// Whether `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
+    /// What a call of version `number` of `name` runs: the serving spec when it is
+    /// the serving version, else one resolved (once) with the function's policy.
+    pub fn version_spec(&self, name: &str, number: i64) -> VersionLookup {
+        let Some(mut entry) = self.functions.get_mut(name) else {
+            return VersionLookup::Unknown;
+        };
+        if let Some(served) = &entry.serving
+            && served.version.version == number
+        {
+            return VersionLookup::Runnable(served.spec.clone());
+        }
+        if let Some(spec) = entry.pinned.get(&number) {
+            return VersionLookup::Runnable(spec.clone());
+        }
+        let Some(version) = entry.versions.get(&number) else {
+            return VersionLookup::Unknown;
+        };
+        if version.status != VersionStatus::Ready {
+            return VersionLookup::NotReady(version.clone());
+        }
+        // The function's policy: what the serving (else the newest) version overrides.
+        let policy_of = entry.serving.as_ref().map_or(&entry.newest, |s| &s.version);
+        let mut with_policy = version.clone();
+        let mut config = FunctionConfig::of(&with_policy);
+        config.policy = FunctionConfig::of(policy_of).policy;
+        if let Ok(value) = serde_json::to_value(&config) {
+            with_policy.config = value;
+        }
+        match self.resolve(&with_policy) {
+            Ok(spec) => {
+                entry.pinned.insert(number, spec.clone());
+                VersionLookup::Runnable(spec)
+            }
+            Err(e) => VersionLookup::Unresolvable(format!("{e:#}")),
+        }
+    }
+
+    /// Makes version `to` of `name` the serving one and sets `set_aside` aside (a
+    /// rollback, already stored); returns its spec, or why it cannot serve.
+    pub fn roll_back(
+        &self,
+        name: &str,
+        to: &FunctionVersion,
+        set_aside: &[i64],
+    ) -> anyhow::Result<Arc<FunctionSpec>> {
+        let spec = self.resolve(to)?;
+        let mut entry = self
+            .functions
+            .get_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("function `{name}` was deleted meanwhile"))?;
+        entry.rolled_back.remove(&to.version);
+        entry.rolled_back.extend(set_aside.iter().copied());
+        entry.pinned.clear();
+        entry.serving = Some(Served {
+            version: to.clone(),
+            spec: spec.clone(),
         });
+        Ok(spec)
+    }
+
+    /// Sets (or replaces) an alias of its function; `false` if the function is gone.
+    pub fn set_alias(&self, alias: StoredAlias) -> bool {
+        match self.functions.get_mut(&alias.function) {
+            Some(mut entry) => {
+                entry.aliases.insert(alias.alias.clone(), alias);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One alias of `name`.
+    pub fn alias(&self, name: &str, alias: &str) -> Option<StoredAlias> {
+        self.functions.get(name)?.aliases.get(alias).cloned()
+    }
+
+    /// Forgets an alias; `false` if there was none.
+    pub fn remove_alias(&self, name: &str, alias: &str) -> bool {
         self.functions
-            .insert(newest.name.clone(), Entry { newest, serving });
+            .get_mut(name)
+            .is_some_and(|mut entry| entry.aliases.remove(alias).is_some())
     }
 }

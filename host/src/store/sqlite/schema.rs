@@ -69,6 +69,23 @@ const MIGRATIONS: &[&str] = &[
     // ciphertext; NULL: none), apart from `config` so nothing that shows a config can
     // show them.
     "ALTER TABLE function_versions ADD COLUMN secrets TEXT;",
+    // 7: aliases (`prod -> 3`, or a weighted split as a JSON array of
+    // {"version", "weight"}), and the versions a rollback set aside: calls of a
+    // function run its newest ready version that is not in `rolled_back`, so a
+    // restart keeps serving the version rolled back to and a new deploy serves itself.
+    "CREATE TABLE IF NOT EXISTS aliases (
+        function   TEXT    NOT NULL,
+        alias      TEXT    NOT NULL,
+        versions   TEXT    NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (function, alias)
+    );
+    CREATE TABLE IF NOT EXISTS rolled_back (
+        function   TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (function, version)
+    );",
 ];
 
 /// Applies the migrations this database has not seen yet, each in its own transaction.

@@ -249,9 +249,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The versions whose bundles, compiled artifacts and images retention must keep,
     /// as far as the store knows (the engine adds the versions it runs now): of every
-    /// live function, its versions being built, and its newest `keep_ready` ready
-    /// versions (the serving one and the rollback targets; at least 1). A new kind of
-    /// reference (an alias's target) belongs here.
+    /// live function, its versions being built, its newest `keep_ready` ready
+    /// versions (rollback targets; at least 1), its serving version (after a rollback,
+    /// an older one) and its aliases' targets. A new kind of reference belongs here.
     async fn referenced_versions(&self, keep_ready: usize) -> Result<Vec<VersionRef>>;
 
     /// Every version ever stored, deleted functions' included, by name and version:

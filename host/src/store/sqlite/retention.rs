@@ -23,9 +23,10 @@ fn version_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRef> {
 }
 
 /// The versions the store says must be kept, with everything they run from: of every
-/// live (not deleted) function, the versions being built (`pending`), and its newest
-/// `keep_ready` ready versions (the newest of them serves; the others are rollback
-/// targets). `keep_ready` below 1 counts as 1: the serving version is always kept.
+/// live (not deleted) function, the versions being built (`pending`), its newest
+/// `keep_ready` ready versions (rollback targets), the version serving (the newest
+/// ready one no rollback set aside: after a rollback, an older one) and every
+/// version an alias points at. `keep_ready` below 1 counts as 1.
 ///
 /// This is the one place the store's side of "referenced" is decided; a new kind of
 /// reference (an alias's target) is one more `OR` here.
@@ -40,6 +41,15 @@ pub(super) fn referenced(conn: &Connection, keep_ready: usize) -> Result<Vec<Ver
                  WHERE newer.name = v.name AND newer.deleted_at IS NULL
                    AND newer.status = 'ready' AND newer.version > v.version
              ) < ?1)
+             OR (v.status = 'ready' AND v.version = (
+                 SELECT MAX(s.version) FROM function_versions s
+                 WHERE s.name = v.name AND s.deleted_at IS NULL AND s.status = 'ready'
+                   AND NOT EXISTS (SELECT 1 FROM rolled_back r
+                                   WHERE r.function = s.name AND r.version = s.version)
+             ))
+             OR EXISTS (SELECT 1 FROM aliases a, json_each(a.versions) t
+                        WHERE a.function = v.name
+                          AND json_extract(t.value, '$.version') = v.version)
          )
          ORDER BY name, version"
     );
@@ -212,6 +222,32 @@ mod tests {
         let kept = store.referenced_versions(5).await.unwrap();
         assert!(kept.iter().any(|v| v.digest == "g3"));
         assert!(!kept.iter().any(|v| v.digest == "g1" || v.digest == "g2"));
+    }
+
+    #[tokio::test]
+    async fn the_rolled_back_to_version_and_alias_targets_are_referenced() {
+        let (_dir, _path, store) = open_temp();
+        for digest in ["a1", "a2", "a3", "a4"] {
+            add(&store, "a", digest, VersionStatus::Ready).await;
+        }
+        let newest = vec![("a".to_string(), 4)];
+        assert_eq!(refs(&store.referenced_versions(1).await.unwrap()), newest);
+        // Rolled back to 1 (2..4 set aside) and an alias on 2: both are live.
+        store.roll_back("a", 1, &[2, 3, 4]).await.unwrap();
+        let alias = crate::store::StoredAlias {
+            function: "a".into(),
+            alias: "prod".into(),
+            targets: vec![crate::store::AliasTarget {
+                version: 2,
+                weight: 100,
+            }],
+            updated_at: 1,
+        };
+        store.put_alias(&alias).await.unwrap();
+        assert_eq!(
+            refs(&store.referenced_versions(1).await.unwrap()),
+            vec![("a".into(), 1), ("a".into(), 2), ("a".into(), 4)]
+        );
     }
 
     #[tokio::test]

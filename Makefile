@@ -9,7 +9,7 @@ GUESTS := -p dice -p hello -p fs-probe
 WASM := $(TARGET_DIR)/wasm32-wasip1/release
 LISTEN ?= 127.0.0.1:7878
 
-.PHONY: setup run test lint bench bench-report guests fuzz faults
+.PHONY: setup run test lint bench bench-report guests fuzz faults schemathesis
 
 # Ready the machine: the wasm32-wasip1 target, and warnings for what python needs.
 setup:
@@ -30,6 +30,14 @@ test: setup guests
 	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s runtimes/python -p 'test_*.py'
 	$(CARGO) build -p newt-host
 	$(CARGO) test --workspace
+	$(MAKE) schemathesis
+
+# The HTTP API fuzzed from its own OpenAPI document (GET /v1/openapi.json) by
+# schemathesis against a live server: no 5xx, and every status, content type and body
+# as documented. Installs schemathesis into ~/.cache/newt/venv on first use.
+schemathesis:
+	$(CARGO) build -p newt-host
+	CARGO_TARGET_DIR=$(TARGET_DIR) scripts/schemathesis.sh
 
 # The fault and load scenarios at full length (RELIABILITY.md); `make test` runs the
 # short version of each. Two need root (they stop dockerd, mount a tmpfs).

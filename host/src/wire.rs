@@ -6,20 +6,23 @@ use newt_runtime::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::service::FunctionConfig;
 use crate::store::{CallRecord, CallStatus, FunctionVersion, VersionStatus};
 
 /// A function version, as lists and deploys show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionView {
     pub name: String,
     pub version: i64,
     pub runtime: String,
+    #[schema(value_type = crate::api::openapi::mirror::VersionStatus)]
     pub status: VersionStatus,
     pub status_message: Option<String>,
     pub digest: String,
     pub size: i64,
+    #[schema(value_type = crate::api::openapi::mirror::Limits)]
     pub limits: Limits,
     pub created_at: i64,
     /// The function's variables, with their values.
@@ -54,31 +57,52 @@ impl From<&FunctionVersion> for FunctionView {
 }
 
 /// `GET /v1/functions`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct FunctionList {
     pub functions: Vec<FunctionView>,
 }
 
 /// One entry of a function's version history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VersionView {
     pub version: i64,
     pub digest: String,
     pub size: i64,
+    #[schema(value_type = crate::api::openapi::mirror::VersionStatus)]
     pub status: VersionStatus,
     pub created_at: i64,
 }
 
 /// `GET /v1/functions/{name}`: the newest version, the policy in force, the pool and
 /// the history.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct FunctionDetailView {
     #[serde(flatten)]
     pub function: FunctionView,
+    #[schema(value_type = crate::api::openapi::mirror::Policy)]
     pub policy: Policy,
+    /// The policy fields set on the function itself.
+    #[schema(value_type = Object)]
     pub policy_overrides: serde_json::Map<String, Value>,
+    #[schema(value_type = Option<crate::api::openapi::mirror::PoolStats>)]
     pub pool: Option<PoolStats>,
     pub versions: Vec<VersionView>,
+    /// While the newest version is `pending` and its image is building: the step, when
+    /// the build began (Unix ms) and the tail of its output (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildView>,
+}
+
+/// The progress of a running image build, as `GET /v1/functions/{name}` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildView {
+    /// What the build is doing: `waiting for a build slot`, `unpacking the bundle`,
+    /// `installing requirements`, `build step 1/2: <command>`, ...
+    pub step: String,
+    /// When the build began, Unix ms.
+    pub started_at: i64,
+    /// The last 4 KiB of the build's output so far.
+    pub log_tail: String,
 }
 
 impl From<&crate::service::FunctionDetail> for FunctionDetailView {
@@ -104,7 +128,7 @@ impl From<&crate::service::FunctionDetail> for FunctionDetailView {
 }
 
 /// The policy fields a `PATCH` may set; absent fields are left as they are.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +137,7 @@ pub struct PolicyPatch {
     pub min_warm: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    #[schema(value_type = Option<crate::api::openapi::mirror::Preload>)]
     /// Written like `"60s"`, `"500ms"`, `"5m"` (or a number of seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<Value>,
@@ -120,6 +145,7 @@ pub struct PolicyPatch {
     pub max_queue: Option<u32>,
 }
 
+    #[schema(value_type = Option<crate::api::openapi::mirror::KeepAlive>)]
 impl PolicyPatch {
     /// The field names, for error messages.
     pub const FIELDS: [&'static str; 5] = [
@@ -140,7 +166,7 @@ impl PolicyPatch {
 }
 
 /// Timings of a call, in milliseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TimingsView {
     pub queue_ms: Option<f64>,
     pub init_ms: Option<f64>,
@@ -148,7 +174,7 @@ pub struct TimingsView {
 }
 
 /// A call record, as lists show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CallView {
     pub id: String,
     pub num: i64,
@@ -159,9 +185,11 @@ pub struct CallView {
     pub is_async: bool,
     pub start: Option<StartKind>,
     pub error: Option<String>,
+    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
     pub timings: TimingsView,
     pub duration_ms: Option<i64>,
     pub created_at: i64,
+    #[schema(value_type = Option<crate::api::openapi::mirror::StartKind>)]
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// Which attempt the call is on: more than 1 for an async call a host restart
@@ -208,13 +236,13 @@ impl From<&CallRecord> for CallView {
 }
 
 /// `GET /v1/calls`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CallList {
     pub calls: Vec<CallView>,
 }
 
 /// `GET /v1/calls/{id}`: the summary plus input, output and logs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CallDetailView {
     #[serde(flatten)]
     pub call: CallView,
@@ -242,7 +270,7 @@ impl From<&CallRecord> for CallDetailView {
 }
 
 /// The answer to an accepted async call (202).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AcceptedView {
     pub call_id: String,
     pub status: CallStatus,
@@ -250,7 +278,8 @@ pub struct AcceptedView {
 }
 
 /// A runtime: `wasm`, or a container runtime's definition.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeView {
     pub name: String,
     pub builtin: bool,
@@ -271,7 +300,18 @@ pub struct RuntimeView {
 }
 
 impl RuntimeView {
+    /// The Python version the runtime's image provides, for bundles' `newt.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+    /// Variables every container of the runtime starts with.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Host paths mounted read-only into its containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::api::openapi::mirror::RuntimeMount>)]
+    pub mounts: Vec<newt_runtime::RuntimeMount>,
     /// The view of a runtime with its policy.
+    #[schema(value_type = crate::api::openapi::mirror::Policy)]
     pub fn new(
         name: &str,
         definition: Option<&ContainerRuntime>,
@@ -300,13 +340,13 @@ impl RuntimeView {
 }
 
 /// `GET /v1/runtimes`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeList {
     pub runtimes: Vec<RuntimeView>,
 }
 
 /// A runtime's policy after a `PATCH`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimePolicyView {
     pub name: String,
     pub policy: Policy,
@@ -314,9 +354,10 @@ pub struct RuntimePolicyView {
 
 /// A runtime-level pool: `idle` is `null` for `wasm`, whose runtime level (engine and
 /// linker) is always ready.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimePoolView {
     pub runtime: String,
+    #[schema(value_type = crate::api::openapi::mirror::Policy)]
     pub policy: Policy,
     pub idle: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,8 +365,11 @@ pub struct RuntimePoolView {
 }
 
 /// `GET /v1/pools`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+    #[schema(value_type = crate::api::openapi::mirror::Policy)]
 pub struct PoolsView {
     pub pools: Vec<PoolStats>,
     pub runtime_pools: Vec<RuntimePoolView>,
+    #[schema(value_type = Option<crate::api::openapi::mirror::RuntimePoolStats>)]
 }
+    #[schema(value_type = Vec<crate::api::openapi::mirror::PoolStats>)]

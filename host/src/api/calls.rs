@@ -16,6 +16,13 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
 /// `GET /v1/calls?function=&status=&limit=&before=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/calls",
+    tag = "calls",
+    params(super::openapi::CallsQuery),
+    responses((status = 200, description = "Call records, newest first (an invoke token sees its own)", body = crate::wire::CallList), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody)),
+)]
 pub async fn list(
     State(service): State<SharedService>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -67,6 +74,13 @@ pub async fn list(
 
 /// `GET /v1/calls/{id}`: `{id}` is the call's UUID (`x-newt-call-id`) or its number
 /// (`num`).
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's UUID (x-newt-call-id) or its number")),
+    responses((status = 200, description = "The call with its input, output and logs", body = crate::wire::CallDetailView), (status = 400, description = "Neither a UUID nor a call number", body = super::openapi::ErrorBody), (status = 404, description = "No such call (or another caller's)", body = super::openapi::ErrorBody)),
+)]
 pub async fn show(
     State(service): State<SharedService>,
     axum::Extension(caller): axum::Extension<Caller>,

@@ -27,7 +27,7 @@ use crate::service::routes::{HttpAnswer, Routed, answer_of};
 use crate::store::StoredRoute;
 
 /// The body of `PUT`/`POST /v1/routes`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteBody {
     /// The path prefix, e.g. `/api/dice`.
@@ -40,13 +40,20 @@ pub struct RouteBody {
 }
 
 /// `GET /v1/routes`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteList {
     /// Every route, by path.
+    #[schema(value_type = Vec<super::openapi::mirror::StoredRoute>)]
     pub routes: Vec<StoredRoute>,
 }
 
 /// `GET /v1/routes`: every route, by path.
+#[utoipa::path(
+    get,
+    path = "/v1/routes",
+    tag = "routes",
+    responses((status = 200, description = "Every route, by path", body = RouteList)),
+)]
 pub async fn list(State(service): State<SharedService>) -> Json<RouteList> {
     Json(RouteList {
         routes: service.routes.list(),
@@ -55,6 +62,13 @@ pub async fn list(State(service): State<SharedService>) -> Json<RouteList> {
 
 /// `PUT` or `POST /v1/routes`: adds the route, or replaces the one at its path (201
 /// new, 200 replaced).
+#[utoipa::path(
+    method(put, post),
+    path = "/v1/routes",
+    tag = "routes",
+    request_body(content = RouteBody, content_type = "application/json"),
+    responses((status = 200, description = "Replaced the route at that path", body = super::openapi::mirror::StoredRoute), (status = 201, description = "Added", body = super::openapi::mirror::StoredRoute), (status = 400, description = "A bad path (or one under /v1, /fn, /healthz, /metrics or the seed routes), function name or method", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn add(
     State(service): State<SharedService>,
     body: Result<Json<RouteBody>, JsonRejection>,
@@ -77,6 +91,13 @@ pub async fn add(
 }
 
 /// `DELETE /v1/routes?path=/api/x`: 204.
+#[utoipa::path(
+    delete,
+    path = "/v1/routes",
+    tag = "routes",
+    params(super::openapi::RouteQuery),
+    responses((status = 204, description = "Removed"), (status = 400, description = "No path given", body = super::openapi::ErrorBody), (status = 404, description = "No route at that path", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn remove(
     State(service): State<SharedService>,
     Query(query): Query<HashMap<String, String>>,

@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// them reach this host's bridge address and the LAN.
     #[arg(long, default_value = "none", value_name = "MODE")]
     pub build_network: String,
+    /// A host directory whose files container runtimes may mount read-only
+    /// (repeatable; a runtime's `mounts` must resolve under one). None by default: no
+    /// runtime may mount anything.
+    #[arg(long = "allow-mount", value_name = "DIR")]
+    pub allow_mount: Vec<PathBuf>,
     /// Call records older than this are deleted in the background (`7d`, `12h`,
     /// `30m`); pending and running calls are kept whatever their age.
     #[arg(long, default_value = "7d", value_parser = crate::service::gc::parse_retention)]
@@ -295,6 +300,20 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     build_options(&args).check()?;
+    for dir in &args.allow_mount {
+        let canonical = dir
+            .canonicalize()
+            .with_context(|| format!("--allow-mount {}", dir.display()))?;
+        if !canonical.is_dir() {
+            bail!("--allow-mount {}: not a directory", dir.display());
+        }
+        if canonical == std::path::Path::new("/") {
+            bail!(
+                "--allow-mount /: would let any runtime mount any file of this host; \
+                 allow the directories that hold what functions need"
+            );
+        }
+    }
     let otlp = args
         .otlp_endpoint
         .as_deref()
@@ -377,6 +396,10 @@ async fn serve(
         });
         collector.spawn(&service);
     }
+    docker
+        .set_allowed_mounts(&args.allow_mount)
+        .context("--allow-mount")?;
+    let _ = service.builds.set(docker.build_board());
     remove_leftover_containers(&docker, "left by a previous run").await;
     prepare_python_image(docker.clone());
     let exporter = otlp

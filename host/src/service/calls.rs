@@ -67,6 +67,7 @@ impl Drop for InFlight {
             self.started.elapsed(),
         );
         tracing::info!(call = %record.id, function = %record.function, "call cancelled by its caller");
+        self.service.publish_call(&record, None);
         let store = self.store.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { store.record_call(record).await });
@@ -270,7 +271,7 @@ impl Service {
                         record.function
                     ));
                     record.finished_at = Some(now_ms());
-                    service.store.record_call(record).await;
+                    service.record_and_publish(record).await;
                 }
             }
         });
@@ -365,7 +366,8 @@ impl Service {
                 record.error = Some(e.to_string());
             }
         }
-        self.store.record_call(record).await;
+        // Also publishes it to the call's followers (logs, traces).
+        self.record_and_publish(record).await;
         outcome
     }
 }

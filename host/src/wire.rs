@@ -112,6 +112,11 @@ impl From<&crate::service::FunctionDetail> for FunctionDetailView {
             policy: d.policy.clone(),
             policy_overrides: d.overrides.clone(),
             pool: d.pool.clone(),
+            build: d.build.as_ref().map(|b| BuildView {
+                step: b.step.clone(),
+                started_at: b.started_at,
+                log_tail: b.log_tail.clone(),
+            }),
             versions: d
                 .versions
                 .iter()
@@ -132,20 +137,20 @@ impl From<&crate::service::FunctionDetail> for FunctionDetailView {
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::api::openapi::mirror::Preload>)]
     pub preload: Option<Preload>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_warm: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
-    #[schema(value_type = Option<crate::api::openapi::mirror::Preload>)]
     /// Written like `"60s"`, `"500ms"`, `"5m"` (or a number of seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::api::openapi::mirror::KeepAlive>)]
     pub keep_alive: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queue: Option<u32>,
 }
 
-    #[schema(value_type = Option<crate::api::openapi::mirror::KeepAlive>)]
 impl PolicyPatch {
     /// The field names, for error messages.
     pub const FIELDS: [&'static str; 5] = [
@@ -180,16 +185,16 @@ pub struct CallView {
     pub num: i64,
     pub function: String,
     pub version: i64,
+    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
     pub status: CallStatus,
     #[serde(rename = "async")]
     pub is_async: bool,
+    #[schema(value_type = Option<crate::api::openapi::mirror::StartKind>)]
     pub start: Option<StartKind>,
     pub error: Option<String>,
-    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
     pub timings: TimingsView,
     pub duration_ms: Option<i64>,
     pub created_at: i64,
-    #[schema(value_type = Option<crate::api::openapi::mirror::StartKind>)]
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// Which attempt the call is on: more than 1 for an async call a host restart
@@ -273,12 +278,12 @@ impl From<&CallRecord> for CallDetailView {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AcceptedView {
     pub call_id: String,
+    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
     pub status: CallStatus,
     pub url: String,
 }
 
 /// A runtime: `wasm`, or a container runtime's definition.
-    #[schema(value_type = crate::api::openapi::mirror::CallStatus)]
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeView {
     pub name: String,
@@ -295,11 +300,6 @@ pub struct RuntimeView {
     pub dependencies_offline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    /// The policy in force for the runtime.
-    pub policy: Policy,
-}
-
-impl RuntimeView {
     /// The Python version the runtime's image provides, for bundles' `newt.toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
@@ -310,8 +310,13 @@ impl RuntimeView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<crate::api::openapi::mirror::RuntimeMount>)]
     pub mounts: Vec<newt_runtime::RuntimeMount>,
-    /// The view of a runtime with its policy.
+    /// The policy in force for the runtime.
     #[schema(value_type = crate::api::openapi::mirror::Policy)]
+    pub policy: Policy,
+}
+
+impl RuntimeView {
+    /// The view of a runtime with its policy.
     pub fn new(
         name: &str,
         definition: Option<&ContainerRuntime>,
@@ -334,6 +339,9 @@ impl RuntimeView {
             dependencies: definition.and_then(|r| r.dependencies.clone()),
             dependencies_offline: definition.and_then(|r| r.dependencies_offline.clone()),
             run: definition.map(|r| r.run.clone()),
+            python: definition.and_then(|r| r.python.clone()),
+            env: definition.map(|r| r.env.clone()).unwrap_or_default(),
+            mounts: definition.map(|r| r.mounts.clone()).unwrap_or_default(),
             policy,
         }
     }
@@ -349,6 +357,7 @@ pub struct RuntimeList {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimePolicyView {
     pub name: String,
+    #[schema(value_type = crate::api::openapi::mirror::Policy)]
     pub policy: Policy,
 }
 
@@ -361,15 +370,14 @@ pub struct RuntimePoolView {
     pub policy: Policy,
     pub idle: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::api::openapi::mirror::RuntimePoolStats>)]
     pub stats: Option<RuntimePoolStats>,
 }
 
 /// `GET /v1/pools`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-    #[schema(value_type = crate::api::openapi::mirror::Policy)]
 pub struct PoolsView {
+    #[schema(value_type = Vec<crate::api::openapi::mirror::PoolStats>)]
     pub pools: Vec<PoolStats>,
     pub runtime_pools: Vec<RuntimePoolView>,
-    #[schema(value_type = Option<crate::api::openapi::mirror::RuntimePoolStats>)]
 }
-    #[schema(value_type = Vec<crate::api::openapi::mirror::PoolStats>)]

@@ -19,7 +19,8 @@ pub(crate) fn runtime_body(
     let Json(runtime) = body.map_err(|e| {
         ApiError::BadRequest(format!(
             "invalid runtime object ({}): expected {{\"name\", \"image\", \"path\", \
-             \"dependencies\", \"run\", \"mode\"}}",
+             \"dependencies\", \"dependencies_offline\", \"run\", \"mode\", \"policy\", \
+             \"python\", \"env\", \"mounts\": [{{\"host\", \"container\"}}]}}",
             e.body_text()
         ))
     })?;
@@ -36,7 +37,6 @@ fn view(service: &SharedService, runtime: &ContainerRuntime) -> RuntimeView {
 }
 
 /// `POST /v1/runtimes`: body is the runtime object.
-pub async fn create(
 #[utoipa::path(
     post,
     path = "/v1/runtimes",
@@ -44,6 +44,7 @@ pub async fn create(
     request_body(content = super::openapi::mirror::ContainerRuntime, content_type = "application/json"),
     responses((status = 201, description = "Registered", body = crate::wire::RuntimeView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "A built-in runtime of that name exists", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 422, description = "Invalid runtime: a bad field, or an image not on the engine", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
 )]
+pub async fn create(
     State(service): State<SharedService>,
     body: Result<Json<ContainerRuntime>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
@@ -52,13 +53,13 @@ pub async fn create(
 }
 
 /// `GET /v1/runtimes`: `wasm` and every container runtime.
-pub async fn list(State(service): State<SharedService>) -> Json<RuntimeList> {
 #[utoipa::path(
     get,
     path = "/v1/runtimes",
     tag = "runtimes",
     responses((status = 200, description = "`wasm` and every container runtime", body = crate::wire::RuntimeList)),
 )]
+pub async fn list(State(service): State<SharedService>) -> Json<RuntimeList> {
     let runtimes = service
         .runtimes()
         .into_iter()
@@ -71,7 +72,6 @@ pub async fn list(State(service): State<SharedService>) -> Json<RuntimeList> {
 }
 
 /// `GET /v1/runtimes/{name}`.
-pub async fn show(
 #[utoipa::path(
     get,
     path = "/v1/runtimes/{name}",
@@ -79,6 +79,7 @@ pub async fn show(
     params(("name" = String, Path, description = "The runtime's name (`wasm` or a container runtime)")),
     responses((status = 200, description = "The runtime", body = crate::wire::RuntimeView), (status = 404, description = "No such runtime", body = super::openapi::ErrorBody)),
 )]
+pub async fn show(
     State(service): State<SharedService>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
@@ -88,7 +89,6 @@ pub async fn show(
 
 /// `PATCH /v1/runtimes/{name}`: body is policy fields; the runtime's functions follow
 /// at once, except for the fields each overrides.
-pub async fn patch(
 #[utoipa::path(
     patch,
     path = "/v1/runtimes/{name}",
@@ -97,6 +97,7 @@ pub async fn patch(
     request_body(content = crate::wire::PolicyPatch, content_type = "application/json"),
     responses((status = 200, description = "The runtime's policy after the change", body = crate::wire::RuntimePolicyView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such runtime", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
 )]
+pub async fn patch(
     State(service): State<SharedService>,
     Path(name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
@@ -110,7 +111,6 @@ pub async fn patch(
 }
 
 /// `DELETE /v1/runtimes/{name}`: refused while functions use it.
-pub async fn delete(
 #[utoipa::path(
     delete,
     path = "/v1/runtimes/{name}",
@@ -118,6 +118,7 @@ pub async fn delete(
     params(("name" = String, Path, description = "The runtime's name (`wasm` or a container runtime)")),
     responses((status = 204, description = "Removed"), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such runtime", body = super::openapi::ErrorBody), (status = 409, description = "Built in, or functions use it", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
 )]
+pub async fn delete(
     State(service): State<SharedService>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {

@@ -217,6 +217,8 @@ pub struct FunctionDetail {
     pub pool: Option<PoolStats>,
     /// Every version, newest first.
     pub versions: Vec<FunctionVersion>,
+    /// The progress of the newest version's image build, while it runs.
+    pub build: Option<newt_runtime::BuildProgress>,
 }
 
 impl Service {
@@ -578,7 +580,11 @@ impl Service {
     pub async fn function(&self, name: &str) -> ServiceResult<FunctionDetail> {
         let newest = self.newest(name)?;
         let versions = self.store.versions(name).await?;
+        let build = (newest.status == VersionStatus::Pending)
+            .then(|| self.builds.get()?.get(name, newest.version))
+            .flatten();
         Ok(FunctionDetail {
+            build,
             policy: self.registry.policy_of(&newest),
             overrides: FunctionConfig::of(&newest).policy,
             pool: self.invoker.pool(name),

@@ -141,6 +141,9 @@ pub struct Service {
     /// Retention (`newt gc`, `GET /v1/status`): set once by whoever built the service
     /// on a home directory.
     pub gc: std::sync::OnceLock<Arc<gc::Collector>>,
+    /// The container executor's running image builds, for a pending version's
+    /// progress: set once by whoever built the service with that executor.
+    pub builds: std::sync::OnceLock<newt_runtime::BuildBoard>,
     /// Server settings.
     pub config: ServerConfig,
     /// Serialises deploys, policy changes and deletes, so versions are assigned in
@@ -242,6 +245,7 @@ impl Service {
             metrics: crate::metrics::Metrics::default(),
             call_feed: CallFeed::default(),
             gc: std::sync::OnceLock::new(),
+            builds: std::sync::OnceLock::new(),
             async_slots: Arc::new(Semaphore::new(config.async_concurrency.max(1))),
             async_backlog: Arc::new(AtomicUsize::new(0)),
             inflight: Arc::new(Semaphore::new(

@@ -49,6 +49,7 @@
 //! - `unpacker`: the writer every format feeds, one entry at a time.
 //! - `tar`, `zip`: reading each format into that writer.
 //! - `pack`: the in-memory `.tar.gz` packer.
+//! - `config`: the bundle's own `newt.toml` (Python version, build steps, variables).
 
 use std::cell::Cell;
 use std::fs;
@@ -59,6 +60,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::error::{Error, Result};
 
+mod config;
 mod limits;
 mod links;
 mod pack;
@@ -69,6 +71,7 @@ mod test_support;
 mod unpacker;
 mod zip;
 
+pub use self::config::{BUNDLE_CONFIG_FILE, BundleConfig, check_env_name};
 pub use self::limits::BundleLimits;
 pub use self::pack::pack;
 

@@ -144,6 +144,14 @@ pub(crate) struct Start<'a> {
     /// The function's variables and secrets, sent in `init` with the handler; empty
     /// for a runtime-level instance, which gets its function's in [`load`].
     pub env: &'a Env,
+    /// Variables the container itself starts with: the runtime's `env`, then (for a
+    /// function's own container) its bundle's `newt.toml` `[env]`. The agent lays the
+    /// function's `env` over them at `init`, and a command-mode exec passes it, so the
+    /// function's own values win.
+    pub base_env: &'a [(String, String)],
+    /// Host paths (canonical, checked against the allowed directories) bound
+    /// read-only at their container paths.
+    pub mounts: &'a [(std::path::PathBuf, String)],
     pub host_id: &'a str,
 }
 
@@ -250,6 +258,8 @@ async fn start_by(
         image,
         handler,
         env: function_env,
+        base_env,
+        mounts,
         host_id,
     } = *what;
     let instance_id = uuid_like();
@@ -270,7 +280,13 @@ async fn start_by(
         // Command mode: the container only stays up; `run` is exec'd per call.
         vec!["sleep".into(), "infinity".into()]
     };
-    let mut env = vec![format!("NEWT_FUNCTION={function}")];
+    // newt's own variables last: the engine keeps the last of a name given twice (the
+    // runtime's and the bundle's names are refused as NEWT_* anyway).
+    let mut env: Vec<String> = base_env
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    env.push(format!("NEWT_FUNCTION={function}"));
     if agent && handler.is_none() {
         // A runtime-level instance: the agent readies itself to unpack the code that
         // `init` will bring.
@@ -281,15 +297,34 @@ async fn start_by(
     let generation = engine.generation();
     let volumes = super::image::image_volumes(docker, image).await?;
     let mut host_config = host_config(limits, &volumes, &runtime.path);
+    let mut binds = Vec::new();
     if let Some(egress) = &egress {
         // Read-only: the function connects to the socket and can change nothing there.
-        host_config.mounts = Some(vec![Mount {
+        binds.push(Mount {
             target: Some(MOUNT_POINT.into()),
             source: Some(egress.dir().to_string_lossy().into_owned()),
             typ: Some(MountType::BIND),
             read_only: Some(true),
             ..Default::default()
-        }]);
+        });
+    }
+    // The runtime's mounts: always read-only, and never propagating mounts made
+    // under them on the host later (`rprivate`, the engine's default, said outright).
+    for (source, target) in mounts {
+        binds.push(Mount {
+            target: Some(target.clone()),
+            source: Some(source.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            bind_options: Some(bollard::models::MountBindOptions {
+                propagation: Some(bollard::models::MountBindOptionsPropagationEnum::RPRIVATE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if !binds.is_empty() {
+        host_config.mounts = Some(binds);
     }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
@@ -422,9 +457,12 @@ fn frame_limit(limits: &Limits) -> usize {
 /// imported. The container then belongs to that function. A function with an
 /// `allow_outbound` list gets its egress proxy now, in the directory the instance was
 /// created with.
+// `env` is the function's over its bundle's: what `init` delivers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn load(
     instance: &mut ContainerInstance,
     spec: &FunctionSpec,
+    env: &Env,
     handler: &str,
     workdir: &str,
     bundle: &str,
@@ -449,7 +487,7 @@ pub(crate) async fn load(
         handler,
         workdir,
         Some(bundle),
-        &spec.env,
+        env,
         deadline,
     )
     .await

@@ -211,6 +211,27 @@ pub(crate) struct FunctionBuild<'a> {
     pub limits: &'a BuildLimits,
     /// When the build is cancelled.
     pub deadline: std::time::Instant,
+    /// Where the build's progress goes, with the names of its `RUN` steps (see
+    /// `step_names`).
+    pub progress: Option<(&'a super::progress::BuildEntry, &'a [(String, String)])>,
+}
+
+/// The name of the step a build is at, from the engine's `Step 3/7 : COPY ...` line.
+fn step_name(line: &str, names: &[(String, String)]) -> Option<String> {
+    let instruction = line.strip_prefix("Step ")?.split_once(" : ")?.1.trim();
+    if let Some((_, name)) = names.iter().find(|(i, _)| i.trim() == instruction) {
+        return Some(name.clone());
+    }
+    let keyword = instruction.split_whitespace().next().unwrap_or("");
+    Some(
+        match keyword.to_ascii_uppercase().as_str() {
+            "FROM" => "starting from the runtime's image",
+            "COPY" => "copying the code",
+            "LABEL" => "labelling the image",
+            _ => "preparing the image",
+        }
+        .to_string(),
+    )
 }
 
 /// How much of a build's log is kept while it runs (its tail): a build prints what its
@@ -258,6 +279,12 @@ pub(crate) async fn build_function_image(
             match item {
                 Ok(info) => {
                     if let Some(line) = info.stream {
+                        if let Some((progress, names)) = build.progress {
+                            if let Some(step) = step_name(&line, names) {
+                                progress.step(&step);
+                            }
+                            progress.log(&plain(&line));
+                        }
                         log.push(&line);
                     }
                     if let Some(error) = info.error_detail.and_then(|d| d.message) {
@@ -503,6 +530,39 @@ fn valid_path_component(component: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_steps_are_named_from_the_engines_step_lines() {
+        let names = vec![
+            (
+                "RUN pip3 install x".to_string(),
+                "installing requirements".to_string(),
+            ),
+            (
+                "RUN sleep 3".to_string(),
+                "build step 1/1: sleep 3".to_string(),
+            ),
+        ];
+        let at = |line: &str| step_name(line, &names);
+        assert_eq!(
+            at("Step 5/7 : RUN pip3 install x\n").unwrap(),
+            "installing requirements"
+        );
+        assert_eq!(
+            at("Step 6/7 : RUN sleep 3").unwrap(),
+            "build step 1/1: sleep 3"
+        );
+        assert_eq!(
+            at("Step 4/7 : COPY --chown=1:1 code/ /app/").unwrap(),
+            "copying the code"
+        );
+        assert_eq!(
+            at("Step 1/7 : FROM a").unwrap(),
+            "starting from the runtime's image"
+        );
+        assert_eq!(at(" ---> Running in 3f2a"), None);
+        assert_eq!(at("Collecting x"), None);
+    }
 
     #[test]
     fn build_logs_keep_a_plain_bounded_tail() {

@@ -166,11 +166,12 @@ impl ContainerRuntime {
         }
         if let Some(python) = &self.python {
             // The same rules as a bundle's `python = "3.11"`.
-            BundleConfig::parse(&format!("python = {}", toml_string(python)))
-                .map_err(|_| Error::InvalidRuntime(format!(
+            BundleConfig::parse(&format!("python = {}", toml_string(python))).map_err(|_| {
+                Error::InvalidRuntime(format!(
                     "python must be a version such as \"3.11\", got {:?}",
                     python.chars().take(40).collect::<String>()
-                )))?;
+                ))
+            })?;
         }
         if self.env.len() > MAX_RUNTIME_ENV {
             return bad(format!(
@@ -516,7 +517,10 @@ impl DockerExecutor {
     }
 
     /// A runtime's mounts resolved against the allowed directories now.
-    fn resolve_mounts(&self, runtime: &ContainerRuntime) -> std::result::Result<Vec<(PathBuf, String)>, String> {
+    fn resolve_mounts(
+        &self,
+        runtime: &ContainerRuntime,
+    ) -> std::result::Result<Vec<(PathBuf, String)>, String> {
         if runtime.mounts.is_empty() {
             return Ok(Vec::new());
         }
@@ -532,10 +536,14 @@ impl DockerExecutor {
     /// is no longer allowed (stored before the operator changed `--allow-mount`, or a
     /// symlink changed since) serves no calls, with the reason (503).
     fn mounts_for_start(&self, runtime: &ContainerRuntime) -> Result<Vec<(PathBuf, String)>> {
-        self.resolve_mounts(runtime).map_err(|reason| Error::Unavailable {
-            backend: "docker",
-            reason: format!("runtime `{}` cannot start containers: {reason}", runtime.name),
-        })
+        self.resolve_mounts(runtime)
+            .map_err(|reason| Error::Unavailable {
+                backend: "docker",
+                reason: format!(
+                    "runtime `{}` cannot start containers: {reason}",
+                    runtime.name
+                ),
+            })
     }
 
     /// Refuses a bundle's `python` that the runtime does not provide, naming the
@@ -871,7 +879,10 @@ fn install_command<'a>(
 fn step_names(install: Option<&str>, steps: &[String]) -> Vec<(String, String)> {
     let mut names = Vec::new();
     if let Some(install) = install {
-        names.push((format!("RUN {install}"), "installing requirements".to_string()));
+        names.push((
+            format!("RUN {install}"),
+            "installing requirements".to_string(),
+        ));
     }
     for (i, step) in steps.iter().enumerate() {
         names.push((
@@ -1308,7 +1319,8 @@ impl Executor for DockerExecutor {
     async fn register_runtime(&self, runtime: ContainerRuntime, check: bool) -> Result<()> {
         runtime.validate()?;
         if check {
-            self.resolve_mounts(&runtime).map_err(Error::InvalidRuntime)?;
+            self.resolve_mounts(&runtime)
+                .map_err(Error::InvalidRuntime)?;
             self.ensure_runtime_image(&runtime).await?;
         } else if let Err(reason) = self.resolve_mounts(&runtime) {
             tracing::warn!(runtime = %runtime.name, "{reason}: its calls will fail until it is allowed");
@@ -1610,6 +1622,143 @@ mod tests {
     }
 
     #[test]
+    fn newt_toml_build_steps_run_after_the_install_as_the_function_user() {
+        let python = ContainerRuntime::builtin_python();
+        let steps = vec![
+            "echo built > built.txt".to_string(),
+            "python3 gen.py".into(),
+        ];
+        let dockerfile = dockerfile(&python, Some("pip3 install x"), &steps, &[]);
+        let lines: Vec<&str> = dockerfile.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "FROM newt/python:3",
+                "USER 10001",
+                "WORKDIR /app",
+                "ENV PYTHONUSERBASE=/app/.deps",
+                "COPY --chown=10001:10001 code/ /app/",
+                "RUN pip3 install x",
+                "RUN echo built > built.txt",
+                "RUN python3 gen.py",
+            ]
+        );
+        // Steps without requirements still get `.deps` to install into.
+        let only_steps = dockerfile_of(&python, None, &steps);
+        assert!(only_steps.contains("ENV PYTHONUSERBASE=/app/.deps\n"));
+        let names = step_names(Some("pip3 install x"), &steps);
+        assert_eq!(
+            names[0],
+            (
+                "RUN pip3 install x".into(),
+                "installing requirements".into()
+            )
+        );
+        assert_eq!(names[2].1, "build step 2/2: python3 gen.py");
+    }
+
+    fn dockerfile_of(
+        runtime: &ContainerRuntime,
+        install: Option<&str>,
+        steps: &[String],
+    ) -> String {
+        dockerfile(runtime, install, steps, &[])
+    }
+
+    #[test]
+    fn a_bundle_with_newt_toml_unpacks_with_its_config_and_bad_ones_are_refused() {
+        let python = ContainerRuntime::builtin_python();
+        let main = b"def handler(e):\n    return e\n".as_slice();
+        let good = crate::pack(&[
+            ("main.py", main),
+            ("newt.toml", b"build = [\"true\"]\n[env]\nA = \"1\"\n"),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (_, config) = unpack_for(&python, &good, dir.path()).unwrap();
+        assert_eq!(config.build, ["true"]);
+        assert_eq!(config.env["A"], "1");
+        let bad = crate::pack(&[("main.py", main), ("newt.toml", b"extra = 1\n")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_for(&python, &bad, dir.path()).unwrap_err();
+        assert!(matches!(err, Error::InvalidBundle(_)) && err.to_string().contains("extra"));
+    }
+
+    #[test]
+    fn a_bundle_python_version_must_be_the_runtimes() {
+        let executor = DockerExecutor::new(DockerConfig {
+            address: None,
+            work_dir: PathBuf::new(),
+            host_id: String::new(),
+        });
+        let python = ContainerRuntime::builtin_python();
+        assert_eq!(python.python.as_deref(), Some(BUILTIN_PYTHON_VERSION));
+        let wants = |v: &str| BundleConfig {
+            python: Some(v.into()),
+            ..Default::default()
+        };
+        executor.check_python(&python, &wants("3.11")).unwrap();
+        executor
+            .check_python(&python, &BundleConfig::default())
+            .unwrap();
+        let err = executor
+            .check_python(&python, &wants("3.12"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("provides Python 3.11")
+                && err.contains("built-in image carries one Python"),
+            "{err}"
+        );
+        let py312 = ContainerRuntime {
+            name: "python3-12".into(),
+            python: Some("3.12".into()),
+            ..python.clone()
+        };
+        executor.runtimes.insert(py312.name.clone(), py312);
+        let err = executor
+            .check_python(&python, &wants("3.12"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("deploy with --runtime python3-12"), "{err}");
+    }
+
+    #[test]
+    fn runtime_env_and_mounts_parse_and_do_not_change_the_function_image() {
+        let rt: ContainerRuntime = serde_json::from_str(
+            r#"{"name":"ml","image":"newt/python:3","run":"python3 /opt/newt/agent.py","mode":"agent",
+                "env":{"HF_HOME":"/models"},"mounts":[{"host":"/srv/models","container":"/models"}]}"#,
+        )
+        .unwrap();
+        rt.validate().unwrap();
+        assert_eq!(
+            rt.base_env(&BTreeMap::from([("B".into(), "2".into())])),
+            [
+                ("B".to_string(), "2".to_string()),
+                ("HF_HOME".to_string(), "/models".to_string())
+            ]
+        );
+        let bare = ContainerRuntime {
+            env: BTreeMap::new(),
+            mounts: Vec::new(),
+            python: None,
+            ..rt.clone()
+        };
+        assert_eq!(
+            function_image_tag("f", &rt, "d", "b"),
+            function_image_tag("f", &bare, "d", "b")
+        );
+        // A seed runtime serializes as before: no new keys.
+        let seed = ContainerRuntime::builtin_python();
+        let json = serde_json::to_value(ContainerRuntime {
+            python: None,
+            ..seed
+        })
+        .unwrap();
+        assert!(json.get("env").is_none() && json.get("mounts").is_none());
+    }
+
+    #[test]
     fn bad_runtime_fields_are_refused() {
         let base = ContainerRuntime::builtin_python();
         for broken in [
@@ -1655,6 +1804,32 @@ mod tests {
             },
             ContainerRuntime {
                 run: " ".into(),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                env: BTreeMap::from([("NEWT_FUNCTION".into(), "x".into())]),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                env: BTreeMap::from([("A B".into(), "x".into())]),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                python: Some("3".into()),
+                ..base.clone()
+            },
+            ContainerRuntime {
+                mounts: vec![RuntimeMount {
+                    host: "/srv/models".into(),
+                    container: "/app/models".into(),
+                }],
+                ..base.clone()
+            },
+            ContainerRuntime {
+                mounts: vec![RuntimeMount {
+                    host: "/srv/../etc".into(),
+                    container: "/models".into(),
+                }],
                 ..base.clone()
             },
         ] {

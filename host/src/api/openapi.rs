@@ -58,6 +58,12 @@ const TOKEN_SCHEME: &str = "token";
         super::metrics,
         super::gc::collect,
         super::gc::status,
+        super::versions::list,
+        super::versions::aliases,
+        super::versions::set_alias,
+        super::versions::delete_alias,
+        super::versions::rollback,
+        super::logs::logs,
         serve,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -528,25 +534,23 @@ mod tests {
     fn routed() -> BTreeSet<(String, String)> {
         let source = include_str!("mod.rs");
         let mut out = BTreeSet::new();
-        let mut router = "";
-        let mut rest = source;
-        // Walk the statements in order, noting which `let NAME =` each route is in.
-        while let Some(at) = rest.find(".route(") {
-            let before = &rest[..at];
-            if let Some(let_at) = before.rfind("let ") {
-                let name = before[let_at + 4..]
+        for (at, _) in source.match_indices(".route(") {
+            let before = &source[..at];
+            // The router a route is in: the `let NAME = Router::new()` statement it
+            // follows, unless a `;` ends that statement before the last
+            // `Router::new()` (the top-level router, built without a `let`).
+            let let_at = before.rfind("let ").unwrap_or(0);
+            let new_at = before.rfind("Router::new()").unwrap_or(0);
+            let top_level = new_at < let_at || before[let_at..new_at].contains(';');
+            let router = if top_level {
+                ""
+            } else {
+                before[let_at + 4..]
                     .split(|c: char| !(c.is_alphanumeric() || c == '_'))
                     .next()
-                    .unwrap_or_default();
-                router = if name.is_empty() { router } else { name };
-            }
-            // The top-level router is the expression after the last `let`, nested
-            // ones come first: a route after `Router::new()\n        .nest(` is
-            // top-level.
-            if before.rfind("Router::new()") > before.rfind("let ") {
-                router = "";
-            }
-            let after = &rest[at + ".route(".len()..];
+                    .unwrap_or_default()
+            };
+            let after = &source[at + ".route(".len()..];
             let quote = after.find('"').unwrap();
             let end = after[quote + 1..].find('"').unwrap();
             let path = &after[quote + 1..quote + 1 + end];
@@ -577,7 +581,6 @@ mod tests {
                     out.insert((format!("{prefix}{path}"), method.to_string()));
                 }
             }
-            rest = after;
         }
         out
     }

@@ -19,7 +19,7 @@ use crate::wire::FunctionView;
 
 /// One version, as `GET /v1/functions/{name}/versions` lists it: the version (its
 /// config without secret values: their names only) and what points at it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     /// The version itself: number, status, digest, limits, env, secret names, ...
     #[serde(flatten)]
@@ -32,11 +32,12 @@ pub struct VersionView {
     /// The aliases pointing at it.
     pub aliases: Vec<String>,
     /// Its pool, if it has one now.
+    #[schema(value_type = Option<super::openapi::mirror::PoolStats>)]
     pub pool: Option<PoolStats>,
 }
 
 /// `GET /v1/functions/{name}/versions`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionsView {
     /// The function.
     pub function: String,
@@ -70,7 +71,7 @@ impl From<&VersionsDetail> for VersionsView {
 }
 
 /// An alias: its versions with their weights (percent).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AliasView {
     /// The function.
     pub function: String,
@@ -98,14 +99,14 @@ impl From<&StoredAlias> for AliasView {
 }
 
 /// `GET /v1/functions/{name}/aliases`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AliasList {
     /// The aliases, by name.
     pub aliases: Vec<AliasView>,
 }
 
 /// What `POST /v1/functions/{name}/rollback` did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackView {
     /// The function.
     pub function: String,
@@ -130,6 +131,13 @@ impl From<RolledBack> for RollbackView {
 
 /// `GET /v1/functions/{name}/versions`: every version, which serves, which a rollback
 /// set aside, the aliases and pools.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/{name}/versions",
+    tag = "versions",
+    params(("name" = String, Path, description = "The function's name")),
+    responses((status = 200, description = "Every version: which serves, which a rollback set aside, their aliases and pools", body = VersionsView), (status = 400, description = "Bad name", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody)),
+)]
 pub async fn list(
     State(service): State<SharedService>,
     Path(name): Path<String>,
@@ -139,6 +147,13 @@ pub async fn list(
 }
 
 /// `GET /v1/functions/{name}/aliases`.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/{name}/aliases",
+    tag = "versions",
+    params(("name" = String, Path, description = "The function's name")),
+    responses((status = 200, description = "The function's aliases", body = AliasList), (status = 400, description = "Bad name", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody)),
+)]
 pub async fn aliases(
     State(service): State<SharedService>,
     Path(name): Path<String>,
@@ -194,6 +209,14 @@ fn alias_targets(body: &[u8]) -> ApiResult<Vec<AliasTarget>> {
 
 /// `PUT /v1/functions/{name}/aliases/{alias}`: body `{"version": 3}` or `{"versions":
 /// {"3": 90, "4": 10}}`; only ready versions of the function. 201 new, 200 replaced.
+#[utoipa::path(
+    put,
+    path = "/v1/functions/{name}/aliases/{alias}",
+    tag = "versions",
+    params(("name" = String, Path, description = "The function's name"), ("alias" = String, Path, description = "The alias's name")),
+    request_body(description = "`{\"version\": 3}` or `{\"versions\": {\"3\": 90, \"4\": 10}}` (weights)", content = Object, content_type = "application/json"),
+    responses((status = 200, description = "Replaced", body = AliasView), (status = 201, description = "Created", body = AliasView), (status = 400, description = "Bad name, alias or body", body = super::openapi::ErrorBody), (status = 404, description = "No such function or version", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "A version named is not ready", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the limit", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn set_alias(
     State(service): State<SharedService>,
     Path((name, alias)): Path<(String, String)>,
@@ -211,6 +234,13 @@ pub async fn set_alias(
 }
 
 /// `DELETE /v1/functions/{name}/aliases/{alias}`: 204.
+#[utoipa::path(
+    delete,
+    path = "/v1/functions/{name}/aliases/{alias}",
+    tag = "versions",
+    params(("name" = String, Path, description = "The function's name"), ("alias" = String, Path, description = "The alias's name")),
+    responses((status = 204, description = "Removed"), (status = 400, description = "Bad name or alias", body = super::openapi::ErrorBody), (status = 404, description = "No such function or alias", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn delete_alias(
     State(service): State<SharedService>,
     Path((name, alias)): Path<(String, String)>,
@@ -221,6 +251,14 @@ pub async fn delete_alias(
 
 /// `POST /v1/functions/{name}/rollback[?to=N]` (or body `{"to": N}`): serves the
 /// previous ready version (or version N) at once. 409 when there is none.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{name}/rollback",
+    tag = "versions",
+    params(("name" = String, Path, description = "The function's name"), ("to" = Option<i64>, Query, description = "The version to serve (default: the previous ready one)")),
+    request_body(description = "None, or `{\"to\": N}`", content = Object, content_type = "application/json"),
+    responses((status = 200, description = "Now serving `to`", body = RollbackView), (status = 400, description = "Bad name, to or body", body = super::openapi::ErrorBody), (status = 404, description = "No such function or version", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "No earlier ready version, or the version is not ready", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the limit", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn rollback(
     State(service): State<SharedService>,
     Path(name): Path<String>,

@@ -347,7 +347,7 @@ impl Exporter {
                     let failures = self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
                     // The first failure, then one in a hundred: a collector that is
                     // down must not flood the log either.
-                    if failures % 100 == 0 {
+                    if failures.is_multiple_of(100) {
                         tracing::warn!(url = %self.url, calls = count, "OTLP export failed: {e:#}");
                     }
                 }

@@ -206,6 +206,51 @@ where
     crate::finish(result)
 }
 
+/// Runs a function that answers both ways: called over HTTP (`/fn/NAME/...` or a
+/// route), `http` gets the request; invoked with plain input, `plain` gets it as
+/// [`crate::run`] would. The input is taken as a request when it is the host's
+/// envelope (a JSON object whose `method` is a string and whose `headers` is an
+/// object). Never returns.
+pub fn serve_or_run<I, O, E, F, H>(http: H, plain: F) -> !
+where
+    I: serde::de::DeserializeOwned,
+    O: Serialize,
+    E: std::fmt::Display,
+    F: FnOnce(I) -> Result<O, E>,
+    H: FnOnce(Request) -> Response,
+{
+    let result = crate::read_stdin().and_then(|input| handle_either(&input, http, plain));
+    crate::finish(result)
+}
+
+/// The pure part of [`serve_or_run`].
+fn handle_either<I, O, E, F, H>(input: &[u8], http: H, plain: F) -> Result<Vec<u8>, Failure>
+where
+    I: serde::de::DeserializeOwned,
+    O: Serialize,
+    E: std::fmt::Display,
+    F: FnOnce(I) -> Result<O, E>,
+    H: FnOnce(Request) -> Response,
+{
+    if is_envelope(input) {
+        handle(input, http)
+    } else {
+        crate::handle_json(input, plain)
+    }
+}
+
+/// Whether `input` is the host's request envelope.
+fn is_envelope(input: &[u8]) -> bool {
+    // Only an object can be one: skip parsing anything else.
+    if input.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return false;
+    }
+    serde_json::from_slice::<Value>(input).is_ok_and(|value| {
+        value.get("method").is_some_and(Value::is_string)
+            && value.get("headers").is_some_and(Value::is_object)
+    })
+}
+
 /// The pure part of [`serve`].
 fn handle<F>(input: &[u8], handler: F) -> Result<Vec<u8>, Failure>
 where
@@ -235,6 +280,21 @@ mod tests {
         let binary = Request::from_envelope(br#"{"method":"PUT","body_base64":"/wAB"}"#).unwrap();
         assert_eq!(binary.body, [0xff, 0, 1]);
         assert_eq!(binary.path, "");
+    }
+
+    #[test]
+    fn serve_or_run_tells_a_request_from_plain_input() {
+        let http = |request: Request| Response::new(200).body(format!("http {}", request.path));
+        let plain = |n: u32| Ok::<_, String>(n + 1);
+        let envelope = br#"{"method":"GET","path":"/4d6","query":"","headers":{}}"#;
+        let output = handle_either(envelope, http, plain).unwrap();
+        let answer: Value = serde_json::from_slice(&output).unwrap();
+        assert_eq!(answer["statusCode"], 200);
+        assert_eq!(answer["body"], "http /4d6");
+        assert_eq!(handle_either(b"41", http, plain).unwrap(), b"42");
+        // An object without the envelope's shape is plain input for the handler.
+        let failure = handle_either(br#"{"method":1,"headers":{}}"#, http, plain).unwrap_err();
+        assert_eq!(failure.exit_code(), 2);
     }
 
     #[test]

@@ -2,12 +2,17 @@
 //!
 //! Input `{"roll": "4d6"}`; output a JSON list of the four results, each 1 to 6.
 //! A roll that is not `NdM` with N 1-100 and M 2-1000 is a function error.
+//!
+//! Over HTTP (`newt route add /api/dice dice`, or `/fn/dice`): `GET /api/dice/4d6` or
+//! `GET /api/dice?roll=4d6` answers 200 with the list; a bad roll answers 400
+//! `{"error": ...}`, a method other than GET 405.
 
 use std::fmt;
 
+use newt_sdk::http::{Request, Response};
 use rand::rngs::{SmallRng, SysRng};
 use rand::{RngExt, SeedableRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Most dice in one roll: keeps the output small whatever the input.
 const MAX_DICE: u32 = 100;
@@ -76,8 +81,35 @@ fn handler(input: Input) -> Result<Vec<u32>, String> {
     Ok(roll_dice(roll, &mut rng))
 }
 
+/// The HTTP face of [`handler`]: the roll from the path (`/4d6`) or `?roll=`.
+fn http_handler(request: Request) -> Response {
+    if request.method != "GET" {
+        return Response::new(405)
+            .header("allow", "GET")
+            .header("content-type", "application/json")
+            .body(r#"{"error":"use GET, e.g. GET /api/dice/4d6"}"#);
+    }
+    let from_path = request.path.trim_matches('/');
+    let roll = match (from_path.is_empty(), request.query_param("roll")) {
+        (false, _) => from_path.to_string(),
+        (true, Some(roll)) => roll,
+        (true, None) => String::new(),
+    };
+    let answer = match handler(Input { roll }) {
+        Ok(results) => Response::json(200, &results),
+        Err(error) => Response::json(400, &ErrorBody { error }),
+    };
+    // A list of numbers or a string always serializes.
+    answer.unwrap_or_else(|e| Response::new(500).body(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
 fn main() {
-    newt_sdk::run(handler)
+    newt_sdk::http::serve_or_run(http_handler, handler)
 }
 
 #[cfg(test)]
@@ -152,6 +184,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.starts_with(r#"invalid roll "lots""#), "{error}");
+    }
+
+    fn get(path: &str, query: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            ..Request::default()
+        }
+    }
+
+    fn envelope(response: Response) -> serde_json::Value {
+        serde_json::from_slice(&response.to_envelope()).unwrap()
+    }
+
+    #[test]
+    fn over_http_the_roll_comes_from_the_path_or_the_query() {
+        for request in [get("/3d6", ""), get("/", "roll=3d6")] {
+            let answer = envelope(http_handler(request));
+            assert_eq!(answer["statusCode"], 200);
+            let results: Vec<u32> = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+            assert_eq!(results.len(), 3);
+        }
+        let bad = envelope(http_handler(get("/lots", "")));
+        assert_eq!(bad["statusCode"], 400);
+        assert!(bad["body"].as_str().unwrap().contains("invalid roll"));
+        let post = Request {
+            method: "POST".into(),
+            ..get("/4d6", "")
+        };
+        assert_eq!(envelope(http_handler(post))["statusCode"], 405);
     }
 
     #[test]

@@ -62,12 +62,13 @@ fn deploy_options(query: &HashMap<String, String>, wait: bool) -> ApiResult<Depl
             "preload" | "keep_alive" => {
                 policy.insert(key.clone(), json!(value));
             }
-            // Read by `deploy_config`.
-            "allow_outbound" => {}
+            // Read by `deploy_config` and `deploy_route`.
+            "allow_outbound" | "route" | "route_methods" => {}
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown parameter `{other}`: accepted are runtime, wait, timeout_ms, \
-                     memory_mb, max_output_bytes, max_log_bytes, allow_outbound, {}",
+                     memory_mb, max_output_bytes, max_log_bytes, allow_outbound, route, \
+                     route_methods, {}",
                     PolicyPatch::FIELDS.join(", ")
                 )));
             }
@@ -124,6 +125,26 @@ fn deploy_config(headers: &HeaderMap, query: &HashMap<String, String>) -> ApiRes
         );
     }
     Ok(change)
+}
+
+/// The route a deploy asks for (`route=/api/dice`, with `route_methods=GET,POST` to
+/// serve some methods only), checked before anything is deployed.
+fn deploy_route(query: &HashMap<String, String>) -> ApiResult<Option<(String, Vec<String>)>> {
+    let methods: Vec<String> = query
+        .get("route_methods")
+        .map(|text| text.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let Some(path) = query.get("route") else {
+        if !methods.is_empty() {
+            return Err(ApiError::BadRequest(
+                "route_methods needs a route: give route=/PATH too".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let path = crate::service::routes::normalize_path(path)?;
+    let methods = crate::service::routes::normalize_methods(&methods)?;
+    Ok(Some((path, methods)))
 }
 
 /// The limits and policy of a deploy may also come as JSON objects in the
@@ -211,10 +232,19 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
     }
 }
 
-/// `PUT /v1/functions/{name}[?runtime=&wait=&limits...]`: the body is the bundle.
+/// `PUT /v1/functions/{name}[?runtime=&wait=&limits...&route=]`: the body is the
+/// bundle; `route` also serves the function on that path.
 /// A wasm module is compiled before the answer (201 new version, 200 unchanged). A
 /// container function answers 202 with status `pending` while its image builds,
 /// unless `wait=true`.
+#[utoipa::path(
+    put,
+    path = "/v1/functions/{name}",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"), super::openapi::DeployQuery, super::openapi::DeployHeaders),
+    request_body(description = "The bundle: a .wasm module (or wasi:http component), or a .tar.gz, .tar or .zip for a container runtime", content((super::openapi::Bundle = "application/octet-stream"), (super::openapi::DeployForm = "multipart/form-data"))),
+    responses((status = 200, description = "Unchanged: the same bundle and settings as the newest version", body = crate::wire::FunctionView), (status = 201, description = "A new version, serving", body = crate::wire::FunctionView), (status = 202, description = "A container function's new version, `pending` while its image builds", body = crate::wire::FunctionView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "The route's function or the runtime does not exist", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The route conflicts with another", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 422, description = "Not a bundle newt can run: the message says why", body = super::openapi::ErrorBody), (status = 429, description = "The image builds and their queue are full (see retry-after)", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn deploy(
     State(service): State<SharedService>,
     Path(name): Path<String>,
@@ -228,8 +258,12 @@ pub async fn deploy(
     merge_json_headers(request.headers(), &mut query)?;
     let mut options = deploy_options(&query, wait)?;
     options.config = deploy_config(request.headers(), &query)?;
+    let route = deploy_route(&query)?;
     let bundle = read_bundle(&service, request).await?;
     let deployed = service.deploy(&name, options, bundle).await?;
+    if let Some((path, methods)) = route {
+        service.add_route(&path, &name, &methods).await?;
+    }
     Ok((
         deployed_status(&deployed),
         Json(FunctionView::from(deployed.version())),
@@ -237,14 +271,6 @@ pub async fn deploy(
         .into_response())
 }
 
-#[utoipa::path(
-    put,
-    path = "/v1/functions/{name}",
-    tag = "functions",
-    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"), super::openapi::DeployQuery, super::openapi::DeployHeaders),
-    request_body(description = "The bundle: a .wasm module (or wasi:http component), or a .tar.gz, .tar or .zip for a container runtime", content((super::openapi::Bundle = "application/octet-stream"), (super::openapi::DeployForm = "multipart/form-data"))),
-    responses((status = 200, description = "Unchanged: the same bundle and settings as the newest version", body = crate::wire::FunctionView), (status = 201, description = "A new version, serving", body = crate::wire::FunctionView), (status = 202, description = "A container function's new version, `pending` while its image builds", body = crate::wire::FunctionView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "The route's function or the runtime does not exist", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The route conflicts with another", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 422, description = "Not a bundle newt can run: the message says why", body = super::openapi::ErrorBody), (status = 429, description = "The image builds and their queue are full (see retry-after)", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
-)]
 /// The status a deploy answers with.
 pub(crate) fn deployed_status(deployed: &Deployed) -> StatusCode {
     match deployed {
@@ -326,6 +352,14 @@ pub fn policy_changes(
 /// effect on the running pool at once, and the configuration to change (`env`,
 /// `secrets`, `unset`, `allow_outbound`), which makes a new version of the same
 /// bundle, serving when this answers.
+#[utoipa::path(
+    patch,
+    path = "/v1/functions/{name}",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
+    request_body(content = super::openapi::FunctionPatch, content_type = "application/json"),
+    responses((status = 200, description = "The function after the change", body = crate::wire::FunctionDetailView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The function has no ready version (building, or its build failed)", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn patch(
     State(service): State<SharedService>,
     Path(name): Path<String>,
@@ -343,6 +377,12 @@ pub async fn patch(
 }
 
 /// `GET /v1/pools`: every function's pool, and every runtime-level pool.
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    tag = "pools",
+    responses((status = 200, description = "Every function's pool and every runtime-level pool", body = crate::wire::PoolsView)),
+)]
 pub async fn pools(State(service): State<SharedService>) -> Json<PoolsView> {
     let runtime_pools = service
         .registry
@@ -352,14 +392,6 @@ pub async fn pools(State(service): State<SharedService>) -> Json<PoolsView> {
             let stats = service.invoker.runtime_pool(&runtime);
             // wasm's runtime level is the engine and linker: always ready.
             let idle = if runtime == crate::service::WASM_RUNTIME {
-#[utoipa::path(
-    patch,
-    path = "/v1/functions/{name}",
-    tag = "functions",
-    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
-    request_body(content = super::openapi::FunctionPatch, content_type = "application/json"),
-    responses((status = 200, description = "The function after the change", body = crate::wire::FunctionDetailView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The function has no ready version (building, or its build failed)", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
-)]
                 None
             } else {
                 Some(stats.as_ref().map_or(0, |s| s.idle))
@@ -377,14 +409,14 @@ pub async fn pools(State(service): State<SharedService>) -> Json<PoolsView> {
         runtime_pools,
     })
 }
-#[utoipa::path(
-    get,
-    path = "/v1/pools",
-    tag = "pools",
-    responses((status = 200, description = "Every function's pool and every runtime-level pool", body = crate::wire::PoolsView)),
-)]
 
 /// `GET /v1/functions`.
+#[utoipa::path(
+    get,
+    path = "/v1/functions",
+    tag = "functions",
+    responses((status = 200, description = "Every function's newest version", body = crate::wire::FunctionList)),
+)]
 pub async fn list(State(service): State<SharedService>) -> Json<FunctionList> {
     Json(FunctionList {
         functions: service
@@ -397,6 +429,13 @@ pub async fn list(State(service): State<SharedService>) -> Json<FunctionList> {
 }
 
 /// `GET /v1/functions/{name}`: the current version and the version history.
+#[utoipa::path(
+    get,
+    path = "/v1/functions/{name}",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
+    responses((status = 200, description = "The newest version, the policy in force, the pool and the history", body = crate::wire::FunctionDetailView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody)),
+)]
 pub async fn show(
     State(service): State<SharedService>,
     Path(name): Path<String>,
@@ -406,22 +445,31 @@ pub async fn show(
 }
 
 /// `DELETE /v1/functions/{name}`: 204; its call records are kept.
+#[utoipa::path(
+    delete,
+    path = "/v1/functions/{name}",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
+    responses((status = 204, description = "Removed; its call records stay"), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn delete(
     State(service): State<SharedService>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     service.delete(&name).await?;
-#[utoipa::path(
-    get,
-    path = "/v1/functions",
-    tag = "functions",
-    responses((status = 200, description = "Every function's newest version", body = crate::wire::FunctionList)),
-)]
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/functions/{name}/invoke[?async=true][&version=N|&alias=A]`: the body is
 /// the input. `name` may be `FN@3` (version 3) or `FN:prod` (alias `prod`).
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{name}/invoke",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"), super::openapi::InvokeQuery),
+    request_body(description = "The call's input, given to the function as is", content((super::openapi::Bundle = "application/octet-stream"), (serde_json::Value = "application/json"))),
+    responses((status = 200, description = "The function's output: JSON when it is JSON, else bytes", content((serde_json::Value = "application/json"), (super::openapi::Bundle = "application/octet-stream")), headers(("x-newt-call-id" = String, description = "The call's id"), ("x-newt-start" = String, description = "cold, prewarmed or warm"), ("server-timing" = String, description = "queue, init and exec in ms"))), (status = 202, description = "Accepted (`async=true`): the call runs in the background", body = crate::wire::AcceptedView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The function has no ready version (building, or its build failed)", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 429, description = "No capacity: instances busy and queue full, or a queued call's deadline passed (see retry-after)", body = super::openapi::ErrorBody), (status = 502, description = "The function ran and failed: error exit, trap, memory or output limit", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 504, description = "The call ran past its deadline", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
+)]
 pub async fn invoke(
     State(service): State<SharedService>,
     axum::Extension(caller): axum::Extension<super::auth::Caller>,
@@ -429,13 +477,6 @@ pub async fn invoke(
     Query(query): Query<HashMap<String, String>>,
     input: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-#[utoipa::path(
-    get,
-    path = "/v1/functions/{name}",
-    tag = "functions",
-    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
-    responses((status = 200, description = "The newest version, the policy in force, the pool and the history", body = crate::wire::FunctionDetailView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody)),
-)]
     let is_async = match query.get("async").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -445,13 +486,6 @@ pub async fn invoke(
             )));
         }
     };
-#[utoipa::path(
-    delete,
-    path = "/v1/functions/{name}",
-    tag = "functions",
-    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")),
-    responses((status = 204, description = "Removed; its call records stay"), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
-)]
     if let Some(other) = query
         .keys()
         .find(|k| !matches!(k.as_str(), "async" | "version" | "alias"))
@@ -462,14 +496,6 @@ pub async fn invoke(
     }
     // `?version=3` and `?alias=prod` say what `FN@3` and `FN:prod` say.
     let name = match (query.get("version"), query.get("alias")) {
-#[utoipa::path(
-    post,
-    path = "/v1/functions/{name}/invoke",
-    tag = "functions",
-    params(("name" = String, Path, description = "The function's name", pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"), super::openapi::InvokeQuery),
-    request_body(description = "The call's input, given to the function as is", content((super::openapi::Bundle = "application/octet-stream"), (serde_json::Value = "application/json"))),
-    responses((status = 200, description = "The function's output: JSON when it is JSON, else bytes", content((serde_json::Value = "application/json"), (super::openapi::Bundle = "application/octet-stream")), headers(("x-newt-call-id" = String, description = "The call's id"), ("x-newt-start" = String, description = "cold, prewarmed or warm"), ("server-timing" = String, description = "queue, init and exec in ms"))), (status = 202, description = "Accepted (`async=true`): the call runs in the background", body = crate::wire::AcceptedView), (status = 400, description = "Bad name, parameter, body, limit or policy", body = super::openapi::ErrorBody), (status = 404, description = "No such function", body = super::openapi::ErrorBody), (status = 408, description = "The body did not arrive within --body-timeout", body = super::openapi::ErrorBody), (status = 409, description = "The function has no ready version (building, or its build failed)", body = super::openapi::ErrorBody), (status = 413, description = "The body is over the route's limit", body = super::openapi::ErrorBody), (status = 429, description = "No capacity: instances busy and queue full, or a queued call's deadline passed (see retry-after)", body = super::openapi::ErrorBody), (status = 502, description = "The function ran and failed: error exit, trap, memory or output limit", body = super::openapi::ErrorBody), (status = 503, description = "The Docker engine is not reachable (container functions)", body = super::openapi::ErrorBody), (status = 504, description = "The call ran past its deadline", body = super::openapi::ErrorBody), (status = 507, description = "The disk under NEWT_HOME is full: nothing was stored", body = super::openapi::ErrorBody)),
-)]
         (None, None) => name,
         (Some(_), Some(_)) => {
             return Err(ApiError::BadRequest(

@@ -14,7 +14,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use newt_runtime::{CallOutcome, FunctionSpec, HttpRequest};
+use newt_runtime::{CallOutcome, HttpRequest};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -188,17 +188,6 @@ pub struct RouteCall {
     pub enveloped: bool,
 }
 
-/// Whether `spec` takes an HTTP request as itself (a wasi:http component) rather
-/// than as a JSON envelope on its input.
-///
-/// The hook for wasi:http components (issue 14): none are deployable yet, so every
-/// function gets the envelope. When the wasm executor learns to run components, this
-/// is the one place to ask it; a component that fills `CallOutcome::http` is already
-/// answered from that, envelope or not.
-fn takes_raw_http(_spec: &FunctionSpec) -> bool {
-    false
-}
-
 impl Service {
     /// Adds (or replaces) the route at `path`, served by function `function` for
     /// `methods` (empty: any). Returns the route as stored and whether it is new.
@@ -264,7 +253,7 @@ impl Service {
         caller: Option<String>,
     ) -> ServiceResult<RouteCall> {
         let spec = self.serving(name)?;
-        let enveloped = !takes_raw_http(&spec);
+        let enveloped = !self.invoker.takes_http(&spec);
         let input = if enveloped {
             request_envelope(&request, &body)
         } else {

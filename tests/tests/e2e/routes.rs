@@ -5,8 +5,97 @@
 use crate::cli::{newt, stdout_of};
 use crate::containers::deploy_python;
 use crate::support::{deploy, error_of, get_json, header, http};
-use newt_tests::{Server, docker_available, fixture, tar_gz};
+use newt_tests::{Server, docker_available, fixture, guest, tar_gz};
 use serde_json::{Value, json};
+
+/// The dice example (newt_sdk::http::serve_or_run) deployed with a route by the CLI:
+/// the SDK's request and response types over HTTP, plain invoke beside it.
+#[tokio::test]
+async fn an_sdk_guest_deployed_with_a_route_answers_over_http_and_invoke() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("dice.wasm");
+    std::fs::write(&wasm, guest("dice")).unwrap();
+    let wasm = wasm.to_str().unwrap();
+    let deployed = stdout_of(&newt(
+        &server,
+        &[
+            "deploy",
+            "dice",
+            wasm,
+            "--route",
+            "/api/dice",
+            "--route-method",
+            "get",
+        ],
+    ));
+    assert!(deployed.contains("served at /api/dice"), "{deployed}");
+    let listed = stdout_of(&newt(&server, &["route", "list"]));
+    assert!(
+        listed.contains("/api/dice") && listed.contains("GET"),
+        "{listed}"
+    );
+
+    for url in ["/api/dice/3d6", "/api/dice?roll=3d6", "/fn/dice/3d6"] {
+        let response = http().get(server.url(url)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(header(&response, "content-type"), "application/json");
+        let rolled: Vec<u32> = response.json().await.unwrap();
+        assert_eq!(rolled.len(), 3, "{url}");
+        assert!(rolled.iter().all(|n| (1..=6).contains(n)), "{rolled:?}");
+    }
+    // The function's own status and message for a bad roll.
+    let bad = http()
+        .get(server.url("/api/dice/lots"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let error: Value = bad.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("invalid roll"),
+        "{error}"
+    );
+    // The route serves GET only: POST is refused before the function runs.
+    let post = http()
+        .post(server.url("/api/dice/3d6"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    // /fn/ serves every method; the function itself answers 405 with its allow.
+    let post = http()
+        .post(server.url("/fn/dice/3d6"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (post.status().as_u16(), header(&post, "allow")),
+        (405, "GET".into())
+    );
+
+    // Plain invoke keeps working: the same module, no envelope.
+    let invoked = http()
+        .post(server.url("/v1/functions/dice/invoke"))
+        .body(r#"{"roll":"2d20"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invoked.status(), 200);
+    let rolled: Vec<u32> = invoked.json().await.unwrap();
+    assert_eq!(rolled.len(), 2);
+
+    // A deploy's route is checked before anything is deployed.
+    let refused = http()
+        .put(server.url("/v1/functions/other?route=/v1/x"))
+        .body(guest("dice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(refused).await.0, 400);
+    let (status, _) = get_json(&server, "/v1/functions/other").await;
+    assert_eq!(status, 404);
+}
 
 #[tokio::test]
 async fn fn_paths_reach_a_wasm_guest_as_an_envelope_and_are_recorded() {

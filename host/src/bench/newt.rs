@@ -102,11 +102,16 @@ impl Newt {
     }
 
     async fn deploy(&self, name: &str, backend: Backend, query: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/functions/{name}?{}{}", backend.deploy_query(), query);
+        let query = format!("{}{}", backend.deploy_query(), query);
+        self.deploy_bundle(name, backend.bundle()?, &query).await
+    }
+
+    async fn deploy_bundle(&self, name: &str, bundle: Vec<u8>, query: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/functions/{name}?{query}");
         let request = self
             .client
             .request(Method::PUT, path.trim_end_matches(['?', '&']))
-            .body(backend.bundle()?);
+            .body(bundle);
         self.client
             .send(request)
             .await
@@ -248,7 +253,20 @@ impl Newt {
         total: usize,
         concurrency: usize,
     ) -> anyhow::Result<Load> {
-        let path: Arc<str> = format!("/v1/functions/{name}/invoke").into();
+        let path = format!("/v1/functions/{name}/invoke");
+        self.load_path(&path, expect, total, concurrency).await
+    }
+
+    /// `total` POSTs of the bench input to `path` with `concurrency` in flight, each
+    /// expected to start as `expect`.
+    async fn load_path(
+        &self,
+        path: &str,
+        expect: &str,
+        total: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Load> {
+        let path: Arc<str> = path.into();
         let expect: Arc<str> = expect.into();
         let client = self.client.clone();
         closed_loop(total, concurrency, move || {
@@ -262,6 +280,62 @@ impl Newt {
             }
         })
         .await
+    }
+}
+
+/// The backend of the wasi:http component's rows, newt's and `wasmtime serve`'s.
+pub const COMPONENT: &str = "wasi:http";
+
+impl Newt {
+    /// newt's rows for a wasi:http component (the same bytes `wasmtime serve` runs):
+    /// deployed as `bench-http-hello` with `concurrency` instances warm, and loaded at
+    /// `/fn/bench-http-hello/` by the loop `wasmtime serve`'s rows go through.
+    pub async fn component_rows(
+        &self,
+        component: &[u8],
+        concurrency: &[usize],
+        calls: usize,
+    ) -> Vec<Row> {
+        let name = "bench-http-hello";
+        let deployed = async {
+            self.delete(name).await?;
+            self.deploy_bundle(name, component.to_vec(), "preload=none")
+                .await
+        }
+        .await;
+        if let Err(e) = deployed {
+            let reason = format!("failed: {e:#}");
+            return concurrency
+                .iter()
+                .map(|&c| Row::skipped(COMPONENT, "warm", c, &reason))
+                .collect();
+        }
+        let mut rows = Vec::new();
+        for &c in concurrency {
+            let result = async {
+                let policy = json!({"preload": "function", "min_warm": c,
+                    "max_instances": c.max(DEFAULT_MAX_INSTANCES)});
+                self.patch(&format!("/v1/functions/{name}"), policy).await?;
+                self.wait_idle(name, c, Backend::Wasm.warm_timeout())
+                    .await?;
+                let load = self
+                    .load_path(&format!("/fn/{name}/"), "warm", calls.max(c), c)
+                    .await?;
+                let mut row = Row::measured(COMPONENT, "warm", c, load.samples_ms, load.wall);
+                row.start_mismatches = Some(load.mismatches);
+                anyhow::Ok(row)
+            }
+            .await;
+            rows.push(
+                result.unwrap_or_else(|e| {
+                    Row::skipped(COMPONENT, "warm", c, &format!("failed: {e:#}"))
+                }),
+            );
+        }
+        if let Err(e) = self.delete(name).await {
+            eprintln!("bench: could not delete {name}: {e:#}");
+        }
+        rows
     }
 }
 

@@ -1,6 +1,7 @@
 //! The report: one row per backend, start kind (or peer) and concurrency; its JSON
 //! schema (`--json FILE`) and its table.
 
+use super::newt::COMPONENT;
 use super::stats::{self, format_ratio};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -17,7 +18,8 @@ pub mod peer {
     pub const HTTP_FLOOR: &str = "http floor";
     /// `wasmtime run` of the same module, a process per call.
     pub const WASMTIME_RUN: &str = "wasmtime run";
-    /// `wasmtime serve` of an equivalent wasi:http component, over HTTP like newt.
+    /// `wasmtime serve` of the wasi:http component newt's `wasi:http` rows run, over
+    /// HTTP like newt.
     pub const WASMTIME_SERVE: &str = "wasmtime serve";
     /// `docker run --rm` per call.
     pub const DOCKER_RUN: &str = "docker run";
@@ -75,7 +77,8 @@ impl Machine {
 /// One measured (or skipped) configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    /// `wasm` or `python`.
+    /// `wasm`, `python` or `wasi:http` (the component both newt and `wasmtime serve`
+    /// run).
     pub backend: String,
     /// A start kind (`cold`, `prewarmed`, `warm`) or a peer (see [`peer`]).
     pub kind: String,
@@ -191,18 +194,25 @@ pub fn apply_ratios(rows: &mut [Row]) {
     let python_warm = newt_p50(rows, "python", "warm");
     let python_cold = newt_p50(rows, "python", "cold");
     // `wasmtime serve` and the HTTP floor are loaded like newt, at each concurrency:
-    // compare like with like.
-    let wasm_warm_at: Vec<(usize, Option<f64>)> = rows
-        .iter()
-        .filter(|r| r.backend == "wasm" && r.kind == "warm" && r.skipped.is_none())
-        .map(|r| (r.concurrency, r.p50_ms))
-        .collect();
+    // compare like with like (`wasmtime serve` against newt running the same
+    // component, the floor against newt's warm wasm).
+    let warm_at = |backend: &str| -> Vec<(usize, Option<f64>)> {
+        rows.iter()
+            .filter(|r| r.backend == backend && r.kind == "warm" && r.skipped.is_none())
+            .map(|r| (r.concurrency, r.p50_ms))
+            .collect()
+    };
+    let (wasm_warm_at, component_warm_at) = (warm_at("wasm"), warm_at(COMPONENT));
+    let at = |rows: &[(usize, Option<f64>)], c: usize| {
+        rows.iter()
+            .find(|(at, _)| *at == c)
+            .and_then(|(_, p50)| *p50)
+    };
     for row in rows.iter_mut().filter(|r| r.is_peer()) {
-        let warm = if row.kind == peer::WASMTIME_SERVE || row.kind == peer::HTTP_FLOOR {
-            wasm_warm_at
-                .iter()
-                .find(|(c, _)| *c == row.concurrency)
-                .and_then(|(_, p50)| *p50)
+        let warm = if row.kind == peer::WASMTIME_SERVE {
+            at(&component_warm_at, row.concurrency)
+        } else if row.kind == peer::HTTP_FLOOR {
+            at(&wasm_warm_at, row.concurrency)
         } else if row.backend == "wasm" {
             wasm_warm
         } else {
@@ -289,6 +299,14 @@ mod tests {
             Row::measured("wasm", peer::IN_PROCESS, 1, vec![0.5], Duration::ZERO),
             Row::measured("wasm", peer::HTTP_FLOOR, 1, vec![1.0], Duration::ZERO),
             Row::measured("wasm", peer::HTTP_FLOOR, 4, vec![3.0], Duration::ZERO),
+            Row::measured(COMPONENT, "warm", 1, vec![0.2], Duration::from_millis(1)),
+            Row::measured(
+                COMPONENT,
+                peer::WASMTIME_SERVE,
+                1,
+                vec![0.4],
+                Duration::ZERO,
+            ),
             Row::skipped(
                 "wasm",
                 peer::WASMTIME_RUN,
@@ -335,6 +353,9 @@ mod tests {
         };
         assert_eq!(floor_at(1), Some(2.0));
         assert_eq!(floor_at(4), Some(3.0));
+        // `wasmtime serve` against newt running the same component, not the echo.
+        let serve = report.rows.iter().find(|r| r.kind == peer::WASMTIME_SERVE);
+        assert_eq!(serve.unwrap().ratio, Some(0.5));
         let run = find(peer::DOCKER_RUN);
         assert_eq!(run.ratio, Some(2.0 / 1000.0));
         assert_eq!(run.ratio_cold, Some(0.4));

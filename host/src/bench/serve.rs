@@ -1,7 +1,7 @@
-//! HTTP throughput beside `wasmtime serve`: the same greeting as a wasi:http component
-//! (source in `host/bench-fixtures/http-hello`, compiled into this binary), served by
-//! the wasmtime CLI and loaded by the same client loop, at the same concurrencies as
-//! newt's rows.
+//! HTTP throughput beside `wasmtime serve` on equal work: the same wasi:http
+//! component (source in `host/bench-fixtures/http-hello`, compiled into this binary),
+//! served by the wasmtime CLI and by newt (`Newt::component_rows`), loaded by the same
+//! client loop at the same concurrencies.
 //!
 //! The component is built on first use with `cargo build --target wasm32-wasip2` into
 //! `~/.cache/newt/bench/http-hello`; without `wasmtime`, cargo or the target the rows
@@ -9,6 +9,7 @@
 
 use super::fixtures;
 use super::load::{Load, Sample, closed_loop, timed};
+use super::newt::COMPONENT;
 use super::peers::{WASMTIME_HINT, find_on_path};
 use super::report::{Row, peer};
 use anyhow::{Context, bail};
@@ -23,30 +24,46 @@ pub const WASIP2_HINT: &str = "install the target with rustup target add wasm32-
 /// How long `wasmtime serve` gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Rows of `wasmtime serve` at each concurrency (skipped rows when it cannot run).
-pub async fn wasmtime_serve_rows(concurrency: &[usize], calls: usize) -> Vec<Row> {
+/// Rows of `wasmtime serve` running `component` (built by [`build_component`], or why
+/// it could not be) at each concurrency (skipped rows when it cannot run).
+pub async fn wasmtime_serve_rows(
+    component: Result<&Path, &str>,
+    concurrency: &[usize],
+    calls: usize,
+) -> Vec<Row> {
     let skip_all = |reason: &str| {
         concurrency
             .iter()
-            .map(|&c| Row::skipped("wasm", peer::WASMTIME_SERVE, c, reason))
+            .map(|&c| Row::skipped(COMPONENT, peer::WASMTIME_SERVE, c, reason))
             .collect()
     };
     let Some(wasmtime) = find_on_path("wasmtime") else {
         return skip_all(WASMTIME_HINT);
     };
-    let component = match build_component().await {
+    let component = match component {
         Ok(path) => path,
-        Err(e) => return skip_all(&format!("{e:#}")),
+        Err(why) => return skip_all(why),
     };
-    let server = match Serve::start(&wasmtime, &component).await {
+    let server = match Serve::start(&wasmtime, component).await {
         Ok(server) => server,
         Err(e) => return skip_all(&format!("failed: {e:#}")),
     };
     let mut rows = Vec::new();
     for &c in concurrency {
         let row = match http_load(&server.url, calls, c).await {
-            Ok(load) => Row::measured("wasm", peer::WASMTIME_SERVE, c, load.samples_ms, load.wall),
-            Err(e) => Row::skipped("wasm", peer::WASMTIME_SERVE, c, &format!("failed: {e:#}")),
+            Ok(load) => Row::measured(
+                COMPONENT,
+                peer::WASMTIME_SERVE,
+                c,
+                load.samples_ms,
+                load.wall,
+            ),
+            Err(e) => Row::skipped(
+                COMPONENT,
+                peer::WASMTIME_SERVE,
+                c,
+                &format!("failed: {e:#}"),
+            ),
         };
         rows.push(row);
     }

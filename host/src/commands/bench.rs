@@ -171,7 +171,33 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
         record(row);
     }
     record(peers::wasmtime_run(plan.few_calls).await);
-    for row in serve::wasmtime_serve_rows(&plan.concurrency, plan.fast_calls).await {
+    // The identical wasi:http component on newt and on `wasmtime serve`.
+    let component = serve::build_component().await.map_err(|e| format!("{e:#}"));
+    match &component {
+        Ok(path) => match std::fs::read(path) {
+            Ok(bytes) => {
+                for row in newt
+                    .component_rows(&bytes, &plan.concurrency, plan.fast_calls)
+                    .await
+                {
+                    record(row);
+                }
+            }
+            Err(e) => {
+                for &c in &plan.concurrency {
+                    let why = format!("failed: reading {}: {e}", path.display());
+                    record(Row::skipped(newt::COMPONENT, "warm", c, &why));
+                }
+            }
+        },
+        Err(why) => {
+            for &c in &plan.concurrency {
+                record(Row::skipped(newt::COMPONENT, "warm", c, why));
+            }
+        }
+    }
+    let component = component.as_deref().map_err(String::as_str);
+    for row in serve::wasmtime_serve_rows(component, &plan.concurrency, plan.fast_calls).await {
         record(row);
     }
 
@@ -202,13 +228,13 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
 }
 
 /// How many rows a run makes: newt's rows per backend, then the peers (in-process,
-/// the HTTP floor and wasmtime serve at each concurrency, wasmtime run, docker run,
-/// docker exec).
+/// the HTTP floor, the component on newt and on wasmtime serve at each concurrency,
+/// wasmtime run, docker run, docker exec).
 fn planned_rows(plan: &Plan) -> usize {
     newt::expected_rows(Backend::Wasm, plan).len()
         + newt::expected_rows(Backend::Python, plan).len()
         + 4
-        + 2 * plan.concurrency.len()
+        + 4 * plan.concurrency.len()
 }
 
 /// `[ 5/23] [####------]`: where the run is, for the progress lines on stderr.

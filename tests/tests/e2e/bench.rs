@@ -94,8 +94,18 @@ fn quick_self_hosted_bench_reports_every_row() {
     );
     // The HTTP comparison: measured beside newt at each concurrency, or skipped with
     // what to install (wasmtime, cargo, the wasm32-wasip2 target).
+    // Equal work: newt and `wasmtime serve` run the identical wasi:http component.
     for c in QUICK_CONCURRENCY {
-        let serve = find(rows, "wasm", "wasmtime serve", c);
+        let newt_component = find(rows, "wasi:http", "warm", c);
+        let serve = find(rows, "wasi:http", "wasmtime serve", c);
+        match newt_component["skipped"].as_str() {
+            // Only a missing target or cargo may keep the component from being built.
+            Some(reason) => assert!(reason.contains("wasm32-wasip2"), "{newt_component}"),
+            None => {
+                assert_measured(newt_component);
+                assert_eq!(newt_component["start_mismatches"], 0, "{newt_component}");
+            }
+        }
         match serve["skipped"].as_str() {
             Some(reason) => assert!(
                 reason.contains("install") || reason.contains("cargo"),

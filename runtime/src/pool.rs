@@ -189,9 +189,12 @@ impl<E: Executor> Drop for Lease<E> {
             // function's code, so it is destroyed, and counted until it is gone.
             st.destroying += 1;
             drop(st);
+            // Counted now, not when the task runs: whoever saw the call end as
+            // cancelled sees its instance counted too.
+            self.pool.count_destroyed("cancelled");
             let pool = self.pool.clone();
             spawn_detached(async move {
-                pool.destroy(instance, "cancelled").await;
+                pool.executor.destroy(instance).await;
                 pool.lock().destroying -= 1;
                 pool.freed.notify_one();
             });

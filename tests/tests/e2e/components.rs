@@ -117,6 +117,9 @@ async fn the_same_component_answers_alike_under_wasmtime_serve() {
     };
     let mut child = Command::new("wasmtime")
         .arg("serve")
+        // The component imports wasi:cli (the `wasi` crate's proxy world does, for
+        // stdio): `wasmtime serve` links it only when asked, as `newt bench` does.
+        .args(["-S", "cli"])
         .arg(format!("--addr=127.0.0.1:{port}"))
         .arg(&wasm)
         .stdout(std::process::Stdio::null())

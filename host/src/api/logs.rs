@@ -73,7 +73,7 @@ pub fn event_json(event: &CallEvent) -> serde_json::Value {
         ("follow" = Option<bool>, Query, description = "Stream calls as they finish (server-sent events) until the client leaves or the server stops"),
     ),
     responses(
-        (status = 200, description = "One JSON object per call per line, oldest first; with follow=true or Accept: text/event-stream, `event: call` server-sent events", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "One JSON object per call per line, oldest first; with follow=true or Accept: text/event-stream, `event: call` server-sent events", content((String = "application/x-ndjson"), (String = "text/event-stream"))),
         (status = 400, description = "Bad since, call, limit or follow", body = super::openapi::ErrorBody),
         (status = 404, description = "No such function", body = super::openapi::ErrorBody),
         (status = 429, description = "64 log streams are already open", body = super::openapi::ErrorBody),

@@ -20,6 +20,8 @@ use crate::wire::FunctionView;
 /// One version, as `GET /v1/functions/{name}/versions` lists it: the version (its
 /// config without secret values: their names only) and what points at it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+// Named apart from `wire::VersionView` (a history entry): one schema name each.
+#[schema(as = VersionDetailView)]
 pub struct VersionView {
     /// The version itself: number, status, digest, limits, env, secret names, ...
     #[serde(flatten)]

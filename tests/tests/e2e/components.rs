@@ -429,3 +429,42 @@ async fn an_unusable_ca_file_fails_https_requests_with_the_reason_in_the_call_lo
     assert_eq!(origin.connections.load(Ordering::Relaxed), 0);
     assert_eq!(metric(&server, WASM_FAILED).await, 1);
 }
+
+/// On a route a component gets the request itself, not the JSON envelope p1 modules
+/// get: its method, the path after the route's prefix with the query, headers and the
+/// raw body; its own status and headers come back.
+#[tokio::test]
+async fn a_component_on_a_route_sees_the_request_itself() {
+    let Some(probe) = probe_component().await else {
+        return;
+    };
+    let server = Server::start();
+    deploy(&server, "probe", &probe, "?route=/api/probe").await;
+    for (url, path) in [
+        ("/api/probe/items/7?full=1", "/items/7?full=1"),
+        ("/fn/probe/items/7?full=1", "/items/7?full=1"),
+    ] {
+        let response = http()
+            .put(server.url(url))
+            .header("content-type", "text/plain")
+            .header("x-probe-in", "seen")
+            .body("raw body")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(header(&response, "x-probe"), "yes");
+        let seen: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(seen["method"], "PUT", "{seen}");
+        assert_eq!(seen["path"], path, "{seen}");
+        assert_eq!(seen["content_type"], "text/plain", "{seen}");
+        assert_eq!(seen["x_probe_in"], "seen", "{seen}");
+        assert_eq!(seen["body"], "raw body", "{seen}");
+    }
+    let teapot = http()
+        .get(server.url("/api/probe/status/418"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(teapot.status(), 418);
+}

@@ -217,10 +217,14 @@ pub(crate) struct FunctionBuild<'a> {
 }
 
 /// The name of the step a build is at, from the engine's `Step 3/7 : COPY ...` line.
-fn step_name(line: &str, names: &[(String, String)]) -> Option<String> {
+/// `next` is the first of `names` not reached yet: the steps come in order, and two
+/// steps may read alike (`sleep 3` twice).
+fn step_name(line: &str, names: &[(String, String)], next: &mut usize) -> Option<String> {
     let instruction = line.strip_prefix("Step ")?.split_once(" : ")?.1.trim();
-    if let Some((_, name)) = names.iter().find(|(i, _)| i.trim() == instruction) {
-        return Some(name.clone());
+    let later = names.get(*next..).unwrap_or_default();
+    if let Some(at) = later.iter().position(|(i, _)| i.trim() == instruction) {
+        *next += at + 1;
+        return Some(later[at].1.clone());
     }
     let keyword = instruction.split_whitespace().next().unwrap_or("");
     Some(
@@ -266,6 +270,7 @@ pub(crate) async fn build_function_image(
         .version(BuilderVersion::BuilderV1)
         .build();
     let mut log = LogTail::default();
+    let mut next_step = 0;
     let failed = |log: &LogTail| {
         Error::InvalidBundle(format!(
             "building the function's image failed:\n{}",
@@ -280,7 +285,7 @@ pub(crate) async fn build_function_image(
                 Ok(info) => {
                     if let Some(line) = info.stream {
                         if let Some((progress, names)) = build.progress {
-                            if let Some(step) = step_name(&line, names) {
+                            if let Some(step) = step_name(&line, names, &mut next_step) {
                                 progress.step(&step);
                             }
                             progress.log(&plain(&line));
@@ -540,17 +545,27 @@ mod tests {
             ),
             (
                 "RUN sleep 3".to_string(),
-                "build step 1/1: sleep 3".to_string(),
+                "build step 1/2: sleep 3".to_string(),
+            ),
+            (
+                "RUN sleep 3".to_string(),
+                "build step 2/2: sleep 3".to_string(),
             ),
         ];
-        let at = |line: &str| step_name(line, &names);
+        let mut next = 0;
+        let mut at = |line: &str| step_name(line, &names, &mut next);
         assert_eq!(
-            at("Step 5/7 : RUN pip3 install x\n").unwrap(),
+            at("Step 5/8 : RUN pip3 install x\n").unwrap(),
             "installing requirements"
         );
+        // Two steps alike: each line is the next one.
         assert_eq!(
-            at("Step 6/7 : RUN sleep 3").unwrap(),
-            "build step 1/1: sleep 3"
+            at("Step 6/8 : RUN sleep 3").unwrap(),
+            "build step 1/2: sleep 3"
+        );
+        assert_eq!(
+            at("Step 7/8 : RUN sleep 3").unwrap(),
+            "build step 2/2: sleep 3"
         );
         assert_eq!(
             at("Step 4/7 : COPY --chown=1:1 code/ /app/").unwrap(),

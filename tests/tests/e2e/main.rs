@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod bench;
 mod builds;
+mod bundle_config;
 mod cancel;
 mod cli;
 mod components;

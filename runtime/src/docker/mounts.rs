@@ -195,7 +195,10 @@ mod tests {
             (mount("/srv/../etc", "/models"), "/app"),
             (mount("/srv/models\n", "/models"), "/app"),
         ] {
-            assert!(validate(&[m.clone()], workdir).is_err(), "{m:?} {workdir}");
+            assert!(
+                validate(std::slice::from_ref(&m), workdir).is_err(),
+                "{m:?} {workdir}"
+            );
         }
         let twice = [mount("/srv/a", "/data"), mount("/srv/b", "/data/")];
         assert!(validate(&twice, "/app").unwrap_err().contains("twice"));

@@ -234,7 +234,8 @@ async fn a_runtime_gives_its_env_and_an_allowed_read_only_mount() {
         std::fs::Permissions::from_mode(0o666),
     )
     .unwrap();
-    let server = Server::start_with_args(&["--allow-mount", allowed.path().to_str().unwrap()]);
+    let mut server = Server::start_with_args(&["--allow-mount", allowed.path().to_str().unwrap()]);
+    let home = server.keep_home().unwrap();
 
     let runtime = runtime_object(
         "pymodels",
@@ -293,6 +294,21 @@ def handler(event):
         "the-weights"
     );
     assert!(!models.join("new.txt").exists());
+
+    // Restarted without --allow-mount: the stored runtime is kept, but its containers
+    // are refused, with the reason, rather than mounting what is no longer allowed.
+    server.terminate();
+    let server = Server::start_in(home.path(), &[]);
+    let (status, body) = get_json(&server, "/v1/runtimes/pymodels").await;
+    assert_eq!(status, 200, "{body}");
+    let response = crate::support::invoke(&server, "reads-models", "{}").await;
+    let (status, code, message) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"), "{message}");
+    assert!(
+        message.contains("runtime `pymodels` cannot start containers")
+            && message.contains("--allow-mount"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -378,3 +378,40 @@ async fn mounts_outside_the_allowed_directories_are_refused() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_prewarmed_call_gets_the_bundles_env_under_the_functions_own() {
+    if !docker_available() {
+        return;
+    }
+    // A bundle with only `[env]` (no steps, no requirements) may be loaded into a
+    // runtime-level container: its variables travel with its code at `init`.
+    let server = Server::start();
+    crate::pools_python::prewarm_python(&server).await;
+    let main_py = r#"
+import os
+def handler(event):
+    return {"greeting": os.environ.get("GREETING"), "shared": os.environ.get("SHARED")}
+"#;
+    let toml = "[env]\nGREETING = \"from-newt-toml\"\nSHARED = \"from-newt-toml\"\n";
+    let (status, body) = deploy_waiting(
+        &server,
+        "prewarmed-env",
+        "python",
+        &json!({"SHARED": "from-env-set"}),
+        bundle(main_py, toml),
+    )
+    .await;
+    assert!(status == 201 || status == 202, "{body}\n{}", server.log());
+    let response = crate::support::invoke(&server, "prewarmed-env", "{}").await;
+    assert_eq!(response.status(), 200, "{}", server.log());
+    assert_eq!(
+        crate::support::header(&response, "x-newt-start"),
+        "prewarmed",
+        "{}",
+        server.log()
+    );
+    let output: Value = response.json().await.unwrap();
+    assert_eq!(output["greeting"], "from-newt-toml", "{output}");
+    assert_eq!(output["shared"], "from-env-set", "{output}");
+}

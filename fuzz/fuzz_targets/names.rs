@@ -54,6 +54,9 @@ fuzz_target!(
             run: "python3 main.py".into(),
             mode: RunMode::Command,
             policy: None,
+            python: None,
+            env: Default::default(),
+            mounts: Vec::new(),
         };
         assert_eq!(
             runtime.validate().is_ok(),

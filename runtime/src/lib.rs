@@ -46,7 +46,9 @@ mod pool;
 mod testing;
 mod wasm;
 
-pub use bundle::{ArchiveKind, BUNDLE_CONFIG_FILE, BundleConfig, BundleLimits, Unpacked, pack, unpack};
+pub use bundle::{
+    ArchiveKind, BUNDLE_CONFIG_FILE, BundleConfig, BundleLimits, Unpacked, pack, unpack,
+};
 pub use cas::{Cas, Digest, StoredBlob};
 pub use docker::{
     BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress, ContainerInstance, ContainerPrepared,

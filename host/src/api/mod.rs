@@ -122,7 +122,10 @@ pub fn app_with(state: SharedService, options: HttpOptions) -> Router {
         .route("/calls", get(seed::calls))
         .route("/call/{num}", get(seed::call));
     let seed = Router::new()
-        .route("/registerRuntime", post(seed::register_runtime.layer(json())))
+        .route(
+            "/registerRuntime",
+            post(seed::register_runtime.layer(json())),
+        )
         .route(
             "/registerFunction/{runtime}/{name}",
             post(seed::register_function.layer(bundle()))

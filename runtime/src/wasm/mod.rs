@@ -49,8 +49,8 @@ use cache::Artifact;
 use component::{ComponentGuest, Egress};
 use pipes::{CappedPipe, Overflow};
 
-pub(crate) use cache::Source as ModuleSource;
 pub use cache::CachedArtifact;
+pub(crate) use cache::Source as ModuleSource;
 
 /// How often the engine's epoch advances. A running guest yields to the async
 /// executor at each tick, so one busy guest cannot starve others or the HTTP server.

@@ -234,7 +234,7 @@ fn planned_rows(plan: &Plan) -> usize {
     newt::expected_rows(Backend::Wasm, plan).len()
         + newt::expected_rows(Backend::Python, plan).len()
         + 4
-        + 4 * plan.concurrency.len()
+        + 3 * plan.concurrency.len()
 }
 
 /// `[ 5/23] [####------]`: where the run is, for the progress lines on stderr.
@@ -260,8 +260,10 @@ mod tests {
         assert_eq!(progress_bar(5, 10), "[ 5/10] [##########----------]");
         assert_eq!(progress_bar(12, 10), "[12/12] [####################]");
         let quick = plan(&["--quick"]).unwrap();
-        // wasm: 3 kinds x 2; python: cold x 2, prewarmed x 1, warm x 2; peers: 4 + 2 x 2.
-        assert_eq!(planned_rows(&quick), 6 + 5 + 8);
+        // wasm: 3 kinds x 2; python: cold x 2, prewarmed x 1, warm x 2; peers: 4, and at
+        // each of the 2 concurrencies the HTTP floor and the component on newt and on
+        // wasmtime serve: 3 x 2.
+        assert_eq!(planned_rows(&quick), 6 + 5 + 4 + 3 * 2);
     }
 
     #[derive(Debug, Parser)]

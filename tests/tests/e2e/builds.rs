@@ -309,8 +309,10 @@ async fn a_build_past_its_deadline_is_cancelled_and_its_version_fails() {
         return;
     }
     // Long enough for the steps before the install on a busy engine (the classic
-    // builder runs a container for each step not in its cache).
-    let server = Server::start_with_args(&["--build-timeout", "10s"]);
+    // builder runs a container for each step not in its cache; with the whole suite
+    // building images at once, 10 s was not always enough to reach the install). The
+    // sleeper sleeps 600 s, so the build still runs past its deadline.
+    let server = Server::start_with_args(&["--build-timeout", "30s"]);
     let marker = marker("sleeper");
     deploy_pending(
         &server,
@@ -337,7 +339,7 @@ async fn a_build_past_its_deadline_is_cancelled_and_its_version_fails() {
     assert_eq!(function["status"], "failed", "{function}");
     let message = function["status_message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("the build ran past its deadline of 10 s"),
+        message.contains("the build ran past its deadline of 30 s"),
         "{message}"
     );
     // The log's tail comes along (pip holds setup.py's own output until it ends).

@@ -8,7 +8,7 @@
 //! Without the wasm32-wasip2 target the component tests say so and pass, except in CI
 //! (`CI` set), where they fail.
 
-use crate::support::{deploy, error_of, header, http, invoke, wait_for_call};
+use crate::support::{deploy, error_of, header, http, invoke, metric, wait_for_call};
 use newt_tests::{Server, fixture};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -302,22 +302,6 @@ async fn fetch_through(
     let body = response.text().await.unwrap();
     let record = wait_for_call(server, &call_id, 10).await;
     (status, body, record)
-}
-
-/// A counter of `/metrics` by the start of its line (name and labels).
-async fn metric(server: &Server, line_start: &str) -> u64 {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
 }
 
 const WASM_ALLOWED: &str = "newt_egress_allowed_total{backend=\"wasm\"}";

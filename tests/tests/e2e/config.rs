@@ -4,7 +4,7 @@
 
 use crate::containers::deploy_python;
 use crate::pools_python::{generic_idle, prewarm_python};
-use crate::support::{error_of, eventually, get_json, header, http, invoke};
+use crate::support::{error_of, eventually, get_json, header, http, invoke, metrics_text};
 use newt_tests::{Server, containers_of, docker_available, fixture, newt_bin, tar_gz};
 use serde_json::{Value, json};
 use std::io::Write as _;
@@ -81,8 +81,7 @@ async fn api_answers(server: &Server, name: &str) -> String {
         all.push_str(&get_json(server, &path).await.1.to_string());
     }
     all.push_str(&calls.to_string());
-    let metrics = http().get(server.url("/metrics")).send().await.unwrap();
-    all.push_str(&metrics.text().await.unwrap());
+    all.push_str(&metrics_text(server).await);
     all
 }
 

@@ -3,7 +3,7 @@
 //! 127.0.0.3 not); the container reaches them only through newt's egress proxy.
 
 use crate::containers::deploy_python;
-use crate::support::{http, invoke};
+use crate::support::{invoke, metric};
 use newt_tests::{Server, containers_of, docker_available, tar_gz};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,21 +118,6 @@ async fn call(server: &Server, name: &str, event: &Value) -> Value {
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", server.log());
     serde_json::from_str(&body).unwrap()
-}
-
-async fn metric(server: &Server, line_start: &str) -> u64 {
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
 }
 
 #[tokio::test]

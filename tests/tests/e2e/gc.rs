@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::cli::{newt, stdout_of};
-use crate::support::{deploy, eventually, get_json, http, invoke};
+use crate::support::{deploy, eventually, get_json, http, invoke, metrics_text};
 
 /// Makes every file under `dir` look written `age` ago, past retention's grace
 /// period (which spares files a deploy may be writing right now).
@@ -245,14 +245,7 @@ async fn a_deleted_functions_bundle_and_artifact_are_listed_then_removed_and_a_l
     let out = stdout_of(&newt(&server, &["status"]));
     assert!(out.contains("cas") && out.contains("1 functions"), "{out}");
 
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("newt_gc_removed_total{kind=\"bundles\"} 1"),
         "{metrics}"

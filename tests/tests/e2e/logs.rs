@@ -3,7 +3,7 @@
 //! `newt serve --log-format json` and `--otlp-endpoint` with a small OTLP/HTTP
 //! receiver on loopback.
 
-use crate::support::{deploy, http, invoke};
+use crate::support::{deploy, http, invoke, metrics_text};
 use newt_tests::{Server, fixture, newt_bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -457,14 +457,7 @@ async fn each_call_is_exported_as_a_trace_with_its_phases() {
     }
 
     // The exporter's counters are in /metrics.
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("newt_otlp_calls_exported_total"),
         "{metrics}"
@@ -487,14 +480,7 @@ async fn a_dead_collector_never_fails_calls_and_drops_are_counted() {
         call_echo(&server, "x").await;
     }
     crate::support::eventually(20, "the failed exports to be counted", async || {
-        let metrics = http()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&server).await;
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("newt_otlp_calls_dropped_total "))

@@ -1,7 +1,7 @@
 //! Preload policies and pools, on the wasm backend: start kinds, min_warm, the
 //! max_instances cap and its queue, keep_alive, PATCH, redeploys, metrics, SIGTERM.
 
-use crate::support::{deploy, get_json, header, http, invoke};
+use crate::support::{deploy, get_json, header, http, invoke, metrics_text};
 use newt_tests::{Server, fixture};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -254,14 +254,7 @@ async fn metrics_parse_and_count_the_calls_made() {
     for _ in 0..2 {
         invoke(&server, "trap", "").await;
     }
-    let text = http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&server).await;
     let mut samples = std::collections::HashMap::new();
     for line in text
         .lines()

@@ -5,6 +5,27 @@ use reqwest::Response;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// The text of the server's `/metrics`.
+pub async fn metrics_text(server: &Server) -> String {
+    http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A counter of `/metrics` by the start of its line (name and labels).
+pub async fn metric(server: &Server, line_start: &str) -> u64 {
+    let text = metrics_text(server).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }

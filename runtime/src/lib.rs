@@ -51,8 +51,9 @@ pub use bundle::{
 };
 pub use cas::{Cas, Digest, StoredBlob};
 pub use docker::{
-    BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress, ContainerInstance, ContainerPrepared,
-    ContainerRuntime, DockerConfig, DockerExecutor, FunctionImage, RunMode, RuntimeMount,
+    AheadLimits, AheadStats, BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress, ContainerInstance,
+    ContainerPrepared, ContainerRuntime, DockerConfig, DockerExecutor, FunctionImage, RunMode,
+    RuntimeMount,
 };
 pub use egress::{AllowList, Denied, EgressProxy, EgressStats};
 pub use error::{Error, Result};

@@ -55,8 +55,6 @@ library, and reads its `.pth` files as site-packages' are read.
 Standard library only: it runs on Debian bookworm's python3 (3.11) and on 3.12.
 """
 
-import importlib
-import inspect
 import io
 import json
 import os
@@ -495,8 +493,30 @@ def use_egress_proxy(url):
         os.environ.pop(name, None)
 
 
+#: The type of a function defined with `def` or `lambda`.
+PLAIN_FUNCTION = type(lambda: None)
+#: The code flag of a function taking `*args`.
+CO_VARARGS = 0x04
+
+
 def takes_context(handler):
-    """Whether `handler` is called as (event, context) rather than (event)."""
+    """Whether `handler` is called as (event, context) rather than (event).
+
+    A plain function is read from its code object; anything else (a bound method, a
+    callable object, a decorated function) through `inspect.signature`, imported only
+    then: `inspect` is a third of the agent's start-up imports.
+    """
+    code = getattr(handler, "__code__", None)
+    if (isinstance(handler, PLAIN_FUNCTION) and code is not None
+            and not hasattr(handler, "__wrapped__") and not hasattr(handler, "__signature__")):
+        if code.co_flags & CO_VARARGS:
+            return True
+        positional = code.co_argcount  # positional-only ones included
+        required = positional - len(handler.__defaults__ or ())
+        if positional and required <= 2:
+            return positional >= 2
+    import inspect
+
     try:
         parameters = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature: one argument
@@ -515,7 +535,9 @@ def load_handler(spec):
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"handler {spec!r} is not of the form module:function")
-    target = importlib.import_module(module_name)
+    # importlib.import_module without importing importlib: the named module itself.
+    __import__(module_name)
+    target = sys.modules[module_name]
     for part in attribute.split("."):
         target = getattr(target, part)
     if not callable(target):
@@ -537,12 +559,20 @@ def unpack_bundle(data, workdir):
     import zipfile
     os.makedirs(workdir, exist_ok=True)
     root = os.path.realpath(workdir)
+    made = {root}
+
+    def folder(path):
+        if path not in made:
+            os.makedirs(path, exist_ok=True)
+            made.add(path)
 
     def destination(name):
-        path = os.path.realpath(os.path.join(root, name))
+        # Lexical, not realpath: nothing here makes a link, so no path in the tree
+        # can lead elsewhere (and a realpath per entry was most of an unpack's time).
+        path = os.path.normpath(os.path.join(root, name))
         if os.path.commonpath([root, path]) != root:
             raise ValueError(f"bundle entry {name!r} is outside the workdir")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        folder(os.path.dirname(path))
         return path
 
     def copy(source, path):
@@ -554,7 +584,7 @@ def unpack_bundle(data, workdir):
             for entry in archive.infolist():
                 path = destination(entry.filename)
                 if entry.is_dir():
-                    os.makedirs(path, exist_ok=True)
+                    folder(path)
                 else:  # a zip "symlink" is written as a plain file holding its target
                     copy(archive.open(entry), path)
         return
@@ -562,7 +592,7 @@ def unpack_bundle(data, workdir):
         for entry in archive:
             path = destination(entry.name)
             if entry.isdir():
-                os.makedirs(path, exist_ok=True)
+                folder(path)
             elif entry.isfile():
                 copy(archive.extractfile(entry), path)
                 os.chmod(path, 0o755 if entry.mode & 0o111 else 0o644)

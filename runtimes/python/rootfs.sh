@@ -78,6 +78,10 @@ in_root() { chroot . /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 stdlib="$(in_root python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 say "compiling the byte code of $stdlib"
 in_root python3 -m compileall -q "$stdlib" >/dev/null
+# Debian's sitecustomize only installs apport's exception hook, and apport is not in the
+# image: its failed import searched every sys.path entry at each interpreter start
+# (~6 ms of the agent's boot, measured here). The file and its link in the stdlib go.
+rm -f etc/python3*/sitecustomize.py usr/lib/python3*/sitecustomize.py
 # PEP 668's marker would make `pip3 install` refuse to touch the system Python; this
 # image is a dedicated environment, so function requirements go into
 # /usr/local/lib/python3.11/dist-packages (site-packages in python:3.12-slim).

@@ -684,5 +684,54 @@ class EgressTest(unittest.TestCase):
         self.assertNotIn("newt-egress", threads)
 
 
+class TakesContextTest(unittest.TestCase):
+    """The code-object reading of a plain function agrees with inspect.signature."""
+
+    def test_plain_functions_read_as_inspect_reads_them(self):
+        import functools
+        import importlib.util
+        import inspect
+
+        spec = importlib.util.spec_from_file_location("newt_agent_under_test", AGENT)
+        agent = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(agent)
+
+        def by_inspect(handler):
+            parameters = inspect.signature(handler).parameters.values()
+            positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+                return True
+            required = [p for p in positional if p.default is p.empty]
+            if not positional or len(required) > 2:
+                return "refused"
+            return len(positional) >= 2
+
+        def wrapped(event, context):
+            return event
+
+        @functools.wraps(wrapped)
+        def decorated(*args):
+            return wrapped(*args)
+
+        class Handler:
+            def method(self, event):
+                return event
+
+        cases = [
+            lambda e: e, lambda e, c: e, lambda e, c=None: e, lambda e, c, x=1: e,
+            lambda *a: a, lambda e, *a: e, lambda e, /, c: e, lambda e, *, k=1: e,
+            lambda e, c, x: e, lambda: None, decorated, Handler().method, Handler(),
+        ]
+        Handler.__call__ = lambda self, event, context: event
+        for handler in cases:
+            with self.subTest(handler=handler):
+                try:
+                    got = agent.takes_context(handler)
+                except TypeError as error:
+                    self.assertIn("must take (event) or (event, context)", str(error))
+                    got = "refused"
+                self.assertEqual(got, by_inspect(handler))
+
+
 if __name__ == "__main__":
     unittest.main()

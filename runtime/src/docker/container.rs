@@ -73,6 +73,15 @@ pub struct ContainerInstance {
     /// The directory mounted at `/run/newt` and the egress proxy serving it, when the
     /// instance may need one (see `docker::egress`). Dropped with the instance.
     egress: Option<InstanceEgress>,
+    /// Counts the instance as in use by its kind of the pool of containers started
+    /// ahead (see `docker::ahead`) while it lives.
+    pub(crate) in_use: Option<Box<dyn Send + Sync>>,
+}
+
+impl super::ahead::Held for ContainerInstance {
+    fn alive(&self) -> bool {
+        ContainerInstance::alive(self)
+    }
 }
 
 impl ContainerInstance {
@@ -138,9 +147,17 @@ pub(crate) struct Start<'a> {
     pub limits: &'a Limits,
     pub runtime: &'a ContainerRuntime,
     pub image: &'a str,
-    /// The handler to load at start; `None` for a runtime-level instance, whose agent
-    /// waits for `init` (see [`load`]).
+    /// The handler to load at start; `None` for an instance whose agent waits for
+    /// `init` (see [`load`]): a runtime-level one, or one started ahead of its call.
     pub handler: Option<&'a str>,
+    /// A runtime-level instance: the bare runtime image, whose agent readies itself to
+    /// unpack the code `init` brings.
+    pub generic: bool,
+    /// Started ahead of the call that will take it (`docker::ahead`): the function's
+    /// own image, its agent waiting for `init`.
+    pub ahead: bool,
+    /// The mount points the image declares (`VOLUME`), for [`host_config`].
+    pub volumes: &'a [String],
     /// The function's variables and secrets, sent in `init` with the handler; empty
     /// for a runtime-level instance, which gets its function's in [`load`].
     pub env: &'a Env,
@@ -257,6 +274,9 @@ async fn start_by(
         runtime,
         image,
         handler,
+        generic,
+        ahead,
+        volumes,
         env: function_env,
         base_env,
         mounts,
@@ -271,7 +291,8 @@ async fn start_by(
         ("newt.function".to_string(), function.to_string()),
         ("newt.runtime".to_string(), runtime.name.clone()),
         ("newt.instance".to_string(), instance_id.clone()),
-        ("newt.generic".to_string(), handler.is_none().to_string()),
+        ("newt.generic".to_string(), generic.to_string()),
+        ("newt.ahead".to_string(), ahead.to_string()),
     ]);
     let agent = runtime.mode == RunMode::Agent;
     let cmd = if agent {
@@ -287,7 +308,7 @@ async fn start_by(
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
     env.push(format!("NEWT_FUNCTION={function}"));
-    if agent && handler.is_none() {
+    if agent && generic {
         // A runtime-level instance: the agent readies itself to unpack the code that
         // `init` will bring.
         env.push("NEWT_RUNTIME_LEVEL=1".into());
@@ -295,8 +316,7 @@ async fn start_by(
     // Read before the engine is asked anything: a loss from here on makes this
     // instance dead, never a survivor of the old engine alive.
     let generation = engine.generation();
-    let volumes = super::image::image_volumes(docker, image).await?;
-    let mut host_config = host_config(limits, &volumes, &runtime.path);
+    let mut host_config = host_config(limits, volumes, &runtime.path);
     let mut binds = Vec::new();
     if let Some(egress) = &egress {
         // Read-only: the function connects to the socket and can change nothing there.
@@ -358,6 +378,7 @@ async fn start_by(
         spent: false,
         removed: false,
         egress,
+        in_use: None,
     };
     docker
         .create_container(
@@ -413,9 +434,10 @@ async fn start_by(
                     )
                     .await?
                 }
-                // A runtime-level instance joins its pool only once its agent is up
-                // (interpreter started, unpacking modules imported): a call that
-                // claims it must not wait for the boot.
+                // A runtime-level instance, or one started ahead, joins its pool only
+                // once its agent is up (interpreter started, a runtime-level one's
+                // unpacking modules imported): a call that claims it must not wait
+                // for the boot.
                 None => await_agent(&mut instance, deadline).await?,
             }
         }
@@ -452,11 +474,13 @@ fn frame_limit(limits: &Limits) -> usize {
     (2 * (limits.max_output_bytes + limits.max_log_bytes) + FRAME_OVERHEAD) as usize
 }
 
-/// Loads a function into a runtime-level instance by `deadline`: its code travels in
-/// `init`, is unpacked by the agent into `workdir` (on the writable /tmp) and
-/// imported. The container then belongs to that function. A function with an
-/// `allow_outbound` list gets its egress proxy now, in the directory the instance was
-/// created with.
+/// Loads a function into an instance whose agent waits for `init`, by `deadline`.
+/// For a runtime-level instance its code travels in `init` (`bundle`), is unpacked
+/// by the agent into `workdir` (on the writable /tmp) and imported; an instance of
+/// the function's own image started ahead has the code in `workdir` already
+/// (`bundle` is `None`). The container then belongs to that function. A function
+/// with an `allow_outbound` list gets its egress proxy now, in the directory the
+/// instance was created with.
 // `env` is the function's over its bundle's: what `init` delivers.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn load(
@@ -465,7 +489,7 @@ pub(crate) async fn load(
     env: &Env,
     handler: &str,
     workdir: &str,
-    bundle: &str,
+    bundle: Option<&str>,
     stats: &Arc<EgressStats>,
     deadline: Instant,
 ) -> Result<()> {
@@ -473,8 +497,8 @@ pub(crate) async fn load(
     if !spec.allow_outbound.is_empty() {
         let egress = instance.egress.as_mut().ok_or_else(|| {
             Error::InstanceStart(
-                "this runtime-level instance has no egress directory for the function's \
-                 allow_outbound list"
+                "this instance, started before its function was known, has no egress \
+                 directory for the function's allow_outbound list"
                     .into(),
             )
         })?;
@@ -486,7 +510,7 @@ pub(crate) async fn load(
         &spec.limits,
         handler,
         workdir,
-        Some(bundle),
+        bundle,
         env,
         deadline,
     )

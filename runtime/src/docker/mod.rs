@@ -9,6 +9,7 @@
 //! the container only stays up and the runtime's `run` command is exec'd in it per
 //! call, input on stdin and result on stdout, so any image can be a runtime.
 
+mod ahead;
 mod container;
 mod egress;
 mod engine;
@@ -34,7 +35,9 @@ use crate::egress::EgressStats;
 use crate::error::{Error, Result};
 use crate::executor::{BackendHealth, CallOutcome, CallRequest, Executor, FunctionSpec};
 use crate::limits::Limits;
+use crate::policy::Preload;
 
+pub use ahead::{AheadLimits, AheadStats};
 pub use container::ContainerInstance;
 pub use mounts::RuntimeMount;
 pub use progress::{BUILD_LOG_TAIL_BYTES, BuildBoard, BuildProgress};
@@ -203,6 +206,51 @@ impl ContainerRuntime {
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
+}
+
+/// The variable that sets how many containers are started ahead: `PER_FUNCTION` or
+/// `PER_FUNCTION/TOTAL` (`0` starts none).
+const AHEAD_VAR: &str = "NEWT_DOCKER_AHEAD";
+
+/// The limits [`AHEAD_VAR`] asks for, the defaults without it (or, said in the log,
+/// when it cannot be read).
+fn ahead_limits_from_env() -> AheadLimits {
+    let Ok(text) = std::env::var(AHEAD_VAR) else {
+        return AheadLimits::default();
+    };
+    parse_ahead_limits(&text).unwrap_or_else(|| {
+        tracing::warn!("{AHEAD_VAR}={text:?} is not PER_FUNCTION or PER_FUNCTION/TOTAL (numbers up to 1000): using the defaults");
+        AheadLimits::default()
+    })
+}
+
+fn parse_ahead_limits(text: &str) -> Option<AheadLimits> {
+    let number = |s: &str| s.trim().parse::<usize>().ok().filter(|n| *n <= 1000);
+    let defaults = AheadLimits::default();
+    let (per_kind, total) = match text.split_once('/') {
+        Some((per, total)) => (number(per)?, number(total)?),
+        None => {
+            let per = number(text)?;
+            (per, defaults.total.max(per))
+        }
+    };
+    Some(AheadLimits {
+        per_kind,
+        total,
+        ..defaults
+    })
+}
+
+/// The pool of containers started ahead, starting them with `starter`.
+fn ahead_pool(starter: &Arc<Starter>, limits: AheadLimits) -> Arc<Ahead> {
+    let starter = starter.clone();
+    ahead::AheadPool::new(
+        limits,
+        Arc::new(move |recipe: Arc<AheadRecipe>| {
+            let starter = starter.clone();
+            Box::pin(async move { starter.start_ahead(&recipe).await })
+        }),
+    )
 }
 
 /// Settings of the container executor.
@@ -417,6 +465,121 @@ pub struct ContainerPrepared {
 /// Where a runtime-level instance unpacks the code it is given: the writable /tmp.
 const GENERIC_WORKDIR: &str = "/tmp/fn";
 
+/// How long a container started ahead may take to start (nobody waits on it).
+const AHEAD_START_BUDGET: Duration = Duration::from_secs(60);
+/// The longest a function's containers started ahead outlive its last call (its
+/// `keep_alive` when shorter): a function called less often gets none kept.
+const AHEAD_KEEP: Duration = Duration::from_secs(10);
+/// How long clearing the pool of containers started ahead waits for starts under way.
+const AHEAD_CLEAR_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the `VOLUME`s of an image that is not a function image are trusted: a
+/// runtime's tag may be rebuilt. A function image's tag names its exact inputs.
+const VOLUMES_TTL: Duration = Duration::from_secs(10);
+
+/// Everything a container of one function version is created with, so one started
+/// ahead is the same container the call would have started itself.
+pub(crate) struct AheadRecipe {
+    function: String,
+    limits: Limits,
+    runtime: ContainerRuntime,
+    image: String,
+    base_env: Vec<(String, String)>,
+    mounts: Vec<(PathBuf, String)>,
+    /// Whether it gets an egress directory (its function has an allow-list, served
+    /// when a call takes the container).
+    egress: bool,
+}
+
+impl AheadRecipe {
+    /// The kind's key: a digest of all of it (values of variables included, so
+    /// none is kept in the key itself).
+    fn key(&self) -> String {
+        let text = format!(
+            "{}\n{:?}\n{}\n{}\n{:?}\n{:?}\n{}",
+            self.function,
+            self.limits,
+            serde_json::to_string(&self.runtime).unwrap_or_default(),
+            self.image,
+            self.base_env,
+            self.mounts,
+            self.egress
+        );
+        crate::cas::Digest::of(text.as_bytes()).as_str()[..32].to_string()
+    }
+}
+
+/// The `VOLUME`s of images, asked of the engine once per image rather than per start.
+#[derive(Default)]
+struct VolumeCache(std::sync::Mutex<HashMap<String, (Arc<Vec<String>>, Instant)>>);
+
+impl VolumeCache {
+    async fn get(&self, docker: &Docker, image: &str) -> Result<Arc<Vec<String>>> {
+        let fresh = |at: &Instant| image.starts_with("newt-fn/") || at.elapsed() < VOLUMES_TTL;
+        if let Some((volumes, at)) = self.lock().get(image)
+            && fresh(at)
+        {
+            return Ok(volumes.clone());
+        }
+        let volumes = Arc::new(image::image_volumes(docker, image).await?);
+        let mut cache = self.lock();
+        // Bounded by the images in use; a forgotten one is asked again.
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(image.to_string(), (volumes.clone(), Instant::now()));
+        Ok(volumes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Vec<String>>, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What starting a container needs besides its recipe; shared with the pool of
+/// containers started ahead, which starts them in the background.
+struct Starter {
+    engine: Arc<engine::Engine>,
+    host_id: String,
+    egress_dirs: Arc<egress::EgressDirs>,
+    volumes: VolumeCache,
+}
+
+impl Starter {
+    /// Starts a container of `recipe` whose agent waits for `init`.
+    async fn start_ahead(&self, recipe: &AheadRecipe) -> Result<ContainerInstance> {
+        let docker = self.engine.answering().await?;
+        let volumes = self.volumes.get(docker, &recipe.image).await?;
+        let egress = if recipe.egress {
+            Some(self.egress_dirs.instance()?)
+        } else {
+            None
+        };
+        container::start(
+            &self.engine,
+            docker,
+            &container::Start {
+                function: &recipe.function,
+                limits: &recipe.limits,
+                runtime: &recipe.runtime,
+                image: &recipe.image,
+                handler: None,
+                generic: false,
+                ahead: true,
+                volumes: &volumes,
+                env: &Default::default(),
+                base_env: &recipe.base_env,
+                mounts: &recipe.mounts,
+                host_id: &self.host_id,
+            },
+            egress,
+            Instant::now() + AHEAD_START_BUDGET,
+        )
+        .await
+    }
+}
+
+type Ahead = ahead::AheadPool<AheadRecipe, ContainerInstance>;
+
 /// Runs functions of container runtimes.
 pub struct DockerExecutor {
     engine: Arc<engine::Engine>,
@@ -426,7 +589,11 @@ pub struct DockerExecutor {
     build_limits: BuildLimits,
     builds: BuildQueue,
     /// Where instances' egress directories are made (`work_dir/egress`).
-    egress_dirs: egress::EgressDirs,
+    egress_dirs: Arc<egress::EgressDirs>,
+    /// Starts containers; shared with `ahead`.
+    starter: Arc<Starter>,
+    /// Containers of `preload = none` functions started ahead of their calls.
+    ahead: Arc<Ahead>,
     /// What every instance's egress proxy counted, for `/metrics`.
     egress_stats: Arc<EgressStats>,
     /// The host directories runtimes may mount from (canonical), as `newt serve
@@ -458,10 +625,20 @@ impl DockerExecutor {
             .unwrap_or_else(|| engine::DEFAULT_HOST.to_string());
         let python = ContainerRuntime::builtin_python();
         let build_limits = BuildLimits::default();
+        let engine = engine::Engine::new(address);
+        let egress_dirs = Arc::new(egress::EgressDirs::new(&config.work_dir));
+        let starter = Arc::new(Starter {
+            engine: engine.clone(),
+            host_id: config.host_id.clone(),
+            egress_dirs: egress_dirs.clone(),
+            volumes: VolumeCache::default(),
+        });
         DockerExecutor {
-            engine: engine::Engine::new(address),
+            ahead: ahead_pool(&starter, ahead_limits_from_env()),
+            starter,
+            engine,
             runtimes: DashMap::from_iter([(python.name.clone(), python)]),
-            egress_dirs: egress::EgressDirs::new(&config.work_dir),
+            egress_dirs,
             egress_stats: Arc::new(EgressStats::default()),
             work_dir: config.work_dir,
             host_id: config.host_id,
@@ -492,6 +669,18 @@ impl DockerExecutor {
         self.build_limits.validate()?;
         self.builds = BuildQueue::new(&self.build_limits);
         Ok(self)
+    }
+
+    /// Changes how many containers are started ahead for `preload = none` functions
+    /// ([`AheadLimits`]; `per_kind: 0` starts none). Before the executor is shared.
+    pub fn with_ahead_limits(mut self, limits: AheadLimits) -> Self {
+        self.ahead = ahead_pool(&self.starter, limits);
+        self
+    }
+
+    /// What the pool of containers started ahead holds now.
+    pub fn ahead_stats(&self) -> AheadStats {
+        self.ahead.stats()
     }
 
     /// The limits of image builds.
@@ -598,8 +787,15 @@ impl DockerExecutor {
     }
 
     /// Removes every container this host started: at start, what a previous process
-    /// left; at shutdown, everything.
+    /// left; at shutdown, everything. The containers started ahead go first, and
+    /// starts of them under way are waited for (and not kept), so none is made after
+    /// the list below is taken.
     pub async fn remove_leftovers(&self) -> Result<usize> {
+        let held = self.ahead.clear(AHEAD_CLEAR_PATIENCE).await;
+        let mut removed = held.len();
+        for instance in held {
+            instance.remove().await;
+        }
         let docker = self.docker().await?;
         let mut filters = HashMap::new();
         let host = format!("newt.host={}", self.host_id);
@@ -613,7 +809,6 @@ impl DockerExecutor {
             ))
             .await
             .map_err(|e| self.engine.error("listing containers", e))?;
-        let mut removed = 0;
         for id in containers.into_iter().filter_map(|c| c.id) {
             container::remove_on(docker, &self.engine, &id).await;
             removed += 1;
@@ -1135,25 +1330,63 @@ impl Executor for DockerExecutor {
         prepared: &Arc<ContainerPrepared>,
         deadline: Instant,
     ) -> Result<ContainerInstance> {
+        if !spec.allow_outbound.is_empty() && !self.engine_is_local() {
+            return Err(Error::InstanceStart(format!(
+                "{} has an allow_outbound list, but the Docker engine at {} is not on \
+                 this host: its egress proxy's socket cannot be mounted into the container",
+                spec.name, self.engine.address
+            )));
+        }
+        let mounts = self.mounts_for_start(&prepared.runtime)?;
+        let base_env = prepared.runtime.base_env(&prepared.bundle_env);
+        // `preload = none`: every call gets a fresh container, so one is started
+        // ahead of the next call (see `docker::ahead`). The call takes one if it is
+        // ready; either way the kind counts the call's container as in use.
+        let mut in_use = None;
+        if spec.policy.preload == Preload::None && prepared.runtime.mode == RunMode::Agent {
+            let recipe = AheadRecipe {
+                function: spec.name.clone(),
+                limits: spec.limits.clone(),
+                runtime: prepared.runtime.clone(),
+                image: prepared.image.clone(),
+                base_env: base_env.clone(),
+                mounts: mounts.clone(),
+                egress: !spec.allow_outbound.is_empty(),
+            };
+            let (taken, guard) = self.ahead.take(
+                &recipe.key(),
+                || recipe,
+                spec.policy.keep_alive.min(AHEAD_KEEP),
+            );
+            if let Some(mut instance) = taken {
+                instance.in_use = Some(Box::new(guard));
+                container::load(
+                    &mut instance,
+                    spec,
+                    &spec.env,
+                    &prepared.handler,
+                    &prepared.runtime.path,
+                    None,
+                    &self.egress_stats,
+                    deadline,
+                )
+                .await?;
+                return Ok(instance);
+            }
+            in_use = Some(guard);
+        }
         let docker = self.docker().await?;
         // A function with an allow-list gets its proxy before its container starts;
         // one without gets no directory, no socket: no network at all.
         let egress = if spec.allow_outbound.is_empty() {
             None
         } else {
-            if !self.engine_is_local() {
-                return Err(Error::InstanceStart(format!(
-                    "{} has an allow_outbound list, but the Docker engine at {} is not on \
-                     this host: its egress proxy's socket cannot be mounted into the container",
-                    spec.name, self.engine.address
-                )));
-            }
             let mut egress = self.egress_dirs.instance()?;
             egress.serve(&spec.allow_outbound, &self.egress_stats)?;
             Some(egress)
         };
-        let mounts = self.mounts_for_start(&prepared.runtime)?;
-        container::start(
+        let volumes = self.starter.volumes.get(docker, &prepared.image).await?;
+        let mut instance = container::start(
             &self.engine,
             docker,
             &container::Start {
@@ -1162,15 +1395,22 @@ impl Executor for DockerExecutor {
                 runtime: &prepared.runtime,
                 image: &prepared.image,
                 handler: Some(&prepared.handler),
+                generic: false,
+                ahead: false,
+                volumes: &volumes,
                 env: &spec.env,
-                base_env: &prepared.runtime.base_env(&prepared.bundle_env),
+                base_env: &base_env,
                 mounts: &mounts,
                 host_id: &self.host_id,
             },
             egress,
             deadline,
         )
-        .await
+        .await?;
+        if let Some(guard) = in_use {
+            instance.in_use = Some(Box::new(guard));
+        }
+        Ok(instance)
     }
 
     fn has_runtime_instances(&self, runtime: &str) -> bool {
@@ -1193,6 +1433,7 @@ impl Executor for DockerExecutor {
         } else {
             None
         };
+        let volumes = self.starter.volumes.get(docker, &runtime.image).await?;
         container::start(
             &self.engine,
             docker,
@@ -1202,6 +1443,9 @@ impl Executor for DockerExecutor {
                 runtime: &runtime,
                 image: &runtime.image,
                 handler: None,
+                generic: true,
+                ahead: false,
+                volumes: &volumes,
                 env: &Default::default(),
                 // The runtime's own variables only: a bundle's come with its code.
                 base_env: &runtime.base_env(&BTreeMap::new()),
@@ -1246,7 +1490,7 @@ impl Executor for DockerExecutor {
             &env,
             &prepared.handler,
             GENERIC_WORKDIR,
-            bundle,
+            Some(bundle),
             &self.egress_stats,
             deadline,
         )
@@ -1337,6 +1581,30 @@ impl Executor for DockerExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ahead_limits_are_read_from_their_variable() {
+        let defaults = AheadLimits::default();
+        assert_eq!(
+            parse_ahead_limits("0"),
+            Some(AheadLimits {
+                per_kind: 0,
+                ..defaults
+            })
+        );
+        assert_eq!(
+            parse_ahead_limits("4/12"),
+            Some(AheadLimits {
+                per_kind: 4,
+                total: 12,
+                ..defaults
+            })
+        );
+        assert_eq!(parse_ahead_limits(" 64 ").map(|l| l.total), Some(64));
+        for bad in ["", "x", "4/", "-1", "5000", "1/2/3"] {
+            assert_eq!(parse_ahead_limits(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn builtin_python_runtime_parses_and_is_valid() {

@@ -21,6 +21,7 @@ mod logs;
 mod openapi;
 mod pools;
 mod pools_python;
+mod python_starts;
 mod restart;
 mod routes;
 mod seed;

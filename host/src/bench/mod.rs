@@ -3,9 +3,12 @@
 //! - [`stats`]: the pure arithmetic (nearest-rank percentiles, a summary of samples,
 //!   newt's ratio to a peer), unit-tested on known inputs.
 //! - [`report`]: the report's rows and JSON schema, the "skipped" row for a peer that
-//!   is not installed, and the table for people.
-//! - [`fixtures`]: the built-in trivial functions (a WAT echo, a Python echo) that
-//!   every backend and every peer runs, so each row does the same work.
+//!   is not installed, the figures derived from the rows (newt against its HTTP floor
+//!   and `wasmtime serve`), the tables, and the Markdown section for BENCHMARKS.md.
+//! - [`fixtures`]: the functions the rows run (the Rust SDK hello on wasm, a Python
+//!   echo), the same for newt and its peers, so each row does the same work.
+//! - [`density`]: `--density N`: N distinct wasm functions on one server, its memory,
+//!   and their first calls after a restart.
 //! - [`target`]: the server measured: one given by `--server`, or one started on a
 //!   temporary home (`--self-host`).
 //! - [`load`]: the closed-loop load generator every HTTP row goes through.
@@ -14,6 +17,7 @@
 //!   wasmtime (the floor), `wasmtime run`, `docker run`, `docker exec`.
 
 pub mod chart;
+pub mod density;
 pub mod fixtures;
 pub mod load;
 pub mod newt;

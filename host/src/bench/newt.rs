@@ -1,9 +1,9 @@
-//! newt measured over HTTP: the built-in function deployed under a `bench-` name, its
+//! newt measured over HTTP: each backend's workload deployed under a `bench-` name, its
 //! policy set for each start kind, and calls made from a keep-alive client at a
 //! given concurrency. Every response's `x-newt-start` is checked against the kind the
 //! row is meant to measure; mismatches are counted, not hidden.
 
-use super::fixtures;
+use super::fixtures::{self, Workload};
 use super::load::{Load, Sample, closed_loop, timed};
 use super::report::{Row, peer};
 use crate::client::Client;
@@ -34,13 +34,6 @@ impl Backend {
         match self {
             Backend::Wasm => "wasm",
             Backend::Python => "python",
-        }
-    }
-
-    fn bundle(self) -> anyhow::Result<Vec<u8>> {
-        match self {
-            Backend::Wasm => fixtures::echo_wasm(),
-            Backend::Python => fixtures::echo_python_bundle(),
         }
     }
 
@@ -78,13 +71,25 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Newt {
     client: Arc<Client>,
+    wasm: Arc<Workload>,
+    python: Arc<Workload>,
 }
 
 impl Newt {
-    /// Measures the server `client` talks to.
-    pub fn new(client: Client) -> Newt {
+    /// Measures the server `client` talks to, running `wasm` and `python`.
+    pub fn new(client: Client, wasm: Workload, python: Workload) -> Newt {
         Newt {
             client: Arc::new(client),
+            wasm: Arc::new(wasm),
+            python: Arc::new(python),
+        }
+    }
+
+    /// What `backend`'s rows run.
+    pub fn workload(&self, backend: Backend) -> &Workload {
+        match backend {
+            Backend::Wasm => &self.wasm,
+            Backend::Python => &self.python,
         }
     }
 
@@ -103,7 +108,8 @@ impl Newt {
 
     async fn deploy(&self, name: &str, backend: Backend, query: &str) -> anyhow::Result<()> {
         let query = format!("{}{}", backend.deploy_query(), query);
-        self.deploy_bundle(name, backend.bundle()?, &query).await
+        let bundle = self.workload(backend).bundle.clone();
+        self.deploy_bundle(name, bundle, &query).await
     }
 
     async fn deploy_bundle(&self, name: &str, bundle: Vec<u8>, query: &str) -> anyhow::Result<()> {
@@ -193,9 +199,13 @@ impl Newt {
     }
 
     /// One call: its latency (ms, response body read) and its `x-newt-start`.
-    async fn call(client: &Client, path: &str) -> anyhow::Result<(f64, String)> {
+    async fn call(
+        client: &Client,
+        path: &str,
+        input: &'static str,
+    ) -> anyhow::Result<(f64, String)> {
         let start = Instant::now();
-        let request = client.request(Method::POST, path).body(fixtures::INPUT);
+        let request = client.request(Method::POST, path).body(input);
         let response = client.send(request).await?;
         let kind = response
             .headers()
@@ -211,9 +221,12 @@ impl Newt {
     }
 
     /// The HTTP floor at each concurrency: `total` invokes of a function that does not
-    /// exist, each expected to answer 404, through the same loop as the calls.
+    /// exist, each expected to answer 404, through the same loop as the calls (with
+    /// the wasm rows' input).
     pub async fn http_floor_rows(&self, concurrency: &[usize], total: usize) -> Vec<Row> {
         let mut rows = Vec::new();
+        let input = self.wasm.input;
+        let work = format!("a 404 (no function), against warm {}", self.wasm.label);
         for &c in concurrency {
             let client = self.client.clone();
             let load = closed_loop(total, c, move || {
@@ -221,7 +234,7 @@ impl Newt {
                 async move {
                     let request = client
                         .request(Method::POST, "/v1/functions/bench-no-such-function/invoke")
-                        .body(fixtures::INPUT);
+                        .body(input);
                     // Not `client.send`: that turns the 404 this row expects into an error.
                     let (ms, status) = timed(request).await?;
                     Ok(Sample {
@@ -231,37 +244,43 @@ impl Newt {
                 }
             })
             .await;
-            rows.push(match load {
-                Ok(load) => {
-                    let mut row =
-                        Row::measured("wasm", peer::HTTP_FLOOR, c, load.samples_ms, load.wall);
-                    row.start_mismatches = Some(load.mismatches);
-                    row
+            rows.push(
+                match load {
+                    Ok(load) => {
+                        let mut row =
+                            Row::measured("wasm", peer::HTTP_FLOOR, c, load.samples_ms, load.wall);
+                        row.start_mismatches = Some(load.mismatches);
+                        row
+                    }
+                    Err(e) => Row::skipped("wasm", peer::HTTP_FLOOR, c, &format!("failed: {e:#}")),
                 }
-                Err(e) => Row::skipped("wasm", peer::HTTP_FLOOR, c, &format!("failed: {e:#}")),
-            });
+                .with_work(work.clone()),
+            );
         }
         rows
     }
 
-    /// `total` calls of `name` with `concurrency` in flight, each expected to start
-    /// as `expect`.
+    /// `total` calls of `name` with `input`, `concurrency` in flight, each expected to
+    /// start as `expect`.
     pub async fn load(
         &self,
         name: &str,
+        input: &'static str,
         expect: &str,
         total: usize,
         concurrency: usize,
     ) -> anyhow::Result<Load> {
         let path = format!("/v1/functions/{name}/invoke");
-        self.load_path(&path, expect, total, concurrency).await
+        self.load_path(&path, input, expect, total, concurrency)
+            .await
     }
 
-    /// `total` POSTs of the bench input to `path` with `concurrency` in flight, each
-    /// expected to start as `expect`.
+    /// `total` POSTs of `input` to `path` with `concurrency` in flight, each expected
+    /// to start as `expect`.
     async fn load_path(
         &self,
         path: &str,
+        input: &'static str,
         expect: &str,
         total: usize,
         concurrency: usize,
@@ -272,7 +291,7 @@ impl Newt {
         closed_loop(total, concurrency, move || {
             let (client, path, expect) = (client.clone(), path.clone(), expect.clone());
             async move {
-                let (ms, kind) = Newt::call(&client, &path).await?;
+                let (ms, kind) = Newt::call(&client, &path, input).await?;
                 Ok(Sample {
                     ms,
                     expected: kind == *expect,
@@ -319,7 +338,13 @@ impl Newt {
                 self.wait_idle(name, c, Backend::Wasm.warm_timeout())
                     .await?;
                 let load = self
-                    .load_path(&format!("/fn/{name}/"), "warm", calls.max(c), c)
+                    .load_path(
+                        &format!("/fn/{name}/"),
+                        fixtures::HELLO_INPUT,
+                        "warm",
+                        calls.max(c),
+                        c,
+                    )
                     .await?;
                 let mut row = Row::measured(COMPONENT, "warm", c, load.samples_ms, load.wall);
                 row.start_mismatches = Some(load.mismatches);
@@ -394,6 +419,7 @@ pub async fn backend_rows(
     record: &mut impl FnMut(Row),
 ) -> anyhow::Result<()> {
     let name = format!("bench-{}", backend.name());
+    let input = newt.workload(backend).input;
     let max_instances = |c: usize| c.max(DEFAULT_MAX_INSTANCES);
     let deployed = async {
         newt.delete(&name).await?;
@@ -414,7 +440,9 @@ pub async fn backend_rows(
             let policy =
                 json!({"preload": "none", "min_warm": 0, "max_instances": max_instances(c)});
             newt.patch(&format!("/v1/functions/{name}"), policy).await?;
-            let load = newt.load(&name, "cold", cold_calls.max(c), c).await?;
+            let load = newt
+                .load(&name, input, "cold", cold_calls.max(c), c)
+                .await?;
             Ok(row_from(backend, "cold", c, load))
         }
         .await;
@@ -427,7 +455,7 @@ pub async fn backend_rows(
                 let result = async {
                     let policy = json!({"preload": "runtime", "min_warm": 0, "max_instances": max_instances(c)});
                     newt.patch(&format!("/v1/functions/{name}"), policy).await?;
-                    let load = newt.load(&name, "prewarmed", plan.fast_calls.max(c), c).await?;
+                    let load = newt.load(&name, input, "prewarmed", plan.fast_calls.max(c), c).await?;
                     Ok(row_from(backend, "prewarmed", c, load))
                 }
                 .await;
@@ -446,7 +474,9 @@ pub async fn backend_rows(
                 json!({"preload": "function", "min_warm": c, "max_instances": max_instances(c)});
             newt.patch(&format!("/v1/functions/{name}"), policy).await?;
             newt.wait_idle(&name, c, backend.warm_timeout()).await?;
-            let load = newt.load(&name, "warm", plan.fast_calls.max(c), c).await?;
+            let load = newt
+                .load(&name, input, "warm", plan.fast_calls.max(c), c)
+                .await?;
             Ok(row_from(backend, "warm", c, load))
         }
         .await;
@@ -473,9 +503,11 @@ async fn python_prewarmed(newt: &Newt, samples: usize) -> anyhow::Result<Row> {
             newt.deploy(&name, backend, "").await?;
             newt.wait_runtime_idle("python", backend.warm_timeout())
                 .await?;
-            let (ms, kind) = Newt::call(&newt.client, &format!("/v1/functions/{name}/invoke"))
-                .await
-                .with_context(|| format!("calling {name}"))?;
+            let input = newt.python.input;
+            let (ms, kind) =
+                Newt::call(&newt.client, &format!("/v1/functions/{name}/invoke"), input)
+                    .await
+                    .with_context(|| format!("calling {name}"))?;
             // Only the calls count toward calls/s, not the deploys between them.
             load.wall += Duration::from_secs_f64(ms / 1000.0);
             load.samples_ms.push(ms);

@@ -1,6 +1,6 @@
 //! The same work done the way a user would without newt, each a row beside newt's:
 //!
-//! - `in-process`: instantiate+run of the echo on newt's own engine (`Invoker` and
+//! - `in-process`: instantiate+run of the wasm workload (the SDK hello) on newt's own engine (`Invoker` and
 //!   `WasmExecutor` on a temporary home), no HTTP: the floor for wasm.
 //! - `wasmtime run`: the wasmtime CLI, a process per call.
 //! - `docker run`: `docker run --rm -i --network none newt/python:3 python3 -c …`, a
@@ -8,9 +8,10 @@
 //! - `docker exec`: `docker exec -i` into one running container of the same image per
 //!   call; the bench starts that container and removes it when done (a Drop guard).
 //!
-//! A peer that is not installed is a skipped row saying how to install it.
+//! A peer that is not installed is a skipped row saying how to install it. Each row
+//! names what both sides ran (its `work`): the same workload as newt's rows.
 
-use super::fixtures;
+use super::fixtures::{self, Workload};
 use super::report::{Row, peer};
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -27,13 +28,18 @@ pub const WASMTIME_HINT: &str = "install with cargo install wasmtime-cli --versi
 /// The image both container peers run: the python runtime's base image.
 pub const PYTHON_IMAGE: &str = "newt/python:3";
 
+/// What a peer row says both sides ran.
+pub fn both(label: &str) -> String {
+    format!("both: {label}")
+}
+
 /// The in-process floor: `samples` sequential calls after one warm-up call.
-pub async fn in_process(samples: usize) -> anyhow::Result<Row> {
+pub async fn in_process(workload: &Workload, samples: usize) -> anyhow::Result<Row> {
     let home = tempfile::tempdir().context("creating a temporary home")?;
     let cas = Cas::open(home.path().join("cas")).context("opening the content store")?;
     let digest = cas
-        .put(&fixtures::echo_wasm()?)
-        .context("storing the echo module")?;
+        .put(&workload.bundle)
+        .context("storing the wasm module")?;
     let wasm = WasmExecutor::new(WasmConfig {
         cache_dir: home.path().join("cache"),
         pooling: true,
@@ -53,7 +59,7 @@ pub async fn in_process(samples: usize) -> anyhow::Result<Row> {
     let call = async || -> anyhow::Result<()> {
         let request = CallRequest {
             call_id: "bench".into(),
-            input: Bytes::from_static(fixtures::INPUT.as_bytes()),
+            input: Bytes::from_static(workload.input.as_bytes()),
             http: None,
         };
         let outcome = invoker
@@ -74,31 +80,37 @@ pub async fn in_process(samples: usize) -> anyhow::Result<Row> {
         call().await?;
         samples_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(Row::measured(
-        "wasm",
-        peer::IN_PROCESS,
-        1,
-        samples_ms,
-        start.elapsed(),
-    ))
+    Ok(
+        Row::measured("wasm", peer::IN_PROCESS, 1, samples_ms, start.elapsed())
+            .with_work(both(&workload.label)),
+    )
 }
 
-/// `wasmtime run` of the echo per call, or a skipped row when it is not on the PATH.
-pub async fn wasmtime_run(samples: usize) -> Row {
+/// `wasmtime run` of the wasm workload per call, or a skipped row when it is not on
+/// the PATH.
+pub async fn wasmtime_run(workload: &Workload, samples: usize) -> Row {
     let Some(wasmtime) = find_on_path("wasmtime") else {
         return Row::skipped("wasm", peer::WASMTIME_RUN, 1, WASMTIME_HINT);
     };
     let result = async {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let module = dir.path().join("echo.wasm");
-        std::fs::write(&module, fixtures::echo_wasm()?).context("writing echo.wasm")?;
+        let module = dir.path().join("function.wasm");
+        std::fs::write(&module, &workload.bundle).context("writing function.wasm")?;
         let mut command = tokio::process::Command::new(&wasmtime);
         command.arg("run").arg(&module);
-        sequential(peer::WASMTIME_RUN, "wasm", samples, &mut command).await
+        sequential(
+            peer::WASMTIME_RUN,
+            "wasm",
+            samples,
+            workload.input,
+            &mut command,
+        )
+        .await
     }
     .await;
     result
         .unwrap_or_else(|e| Row::skipped("wasm", peer::WASMTIME_RUN, 1, &format!("failed: {e:#}")))
+        .with_work(both(&workload.label))
 }
 
 /// Whether the local Docker CLI answers and has the python base image; `Err` is the
@@ -132,9 +144,16 @@ pub async fn docker_run(samples: usize) -> Row {
     command
         .args(["run", "--rm", "-i", "--network", "none", PYTHON_IMAGE])
         .args(["python3", "-c", fixtures::ECHO_PY_COMMAND]);
-    sequential(peer::DOCKER_RUN, "python", samples, &mut command)
-        .await
-        .unwrap_or_else(|e| Row::skipped("python", peer::DOCKER_RUN, 1, &format!("failed: {e:#}")))
+    sequential(
+        peer::DOCKER_RUN,
+        "python",
+        samples,
+        fixtures::INPUT,
+        &mut command,
+    )
+    .await
+    .unwrap_or_else(|e| Row::skipped("python", peer::DOCKER_RUN, 1, &format!("failed: {e:#}")))
+    .with_work(both(fixtures::PYTHON_LABEL))
 }
 
 /// `docker exec` into one running container per call.
@@ -147,11 +166,19 @@ pub async fn docker_exec(samples: usize) -> Row {
             "-c",
             fixtures::ECHO_PY_COMMAND,
         ]);
-        sequential(peer::DOCKER_EXEC, "python", samples, &mut command).await
+        sequential(
+            peer::DOCKER_EXEC,
+            "python",
+            samples,
+            fixtures::INPUT,
+            &mut command,
+        )
+        .await
     }
     .await;
     result
         .unwrap_or_else(|e| Row::skipped("python", peer::DOCKER_EXEC, 1, &format!("failed: {e:#}")))
+        .with_work(both(fixtures::PYTHON_LABEL))
 }
 
 /// A container the bench started, removed when dropped (on errors too).
@@ -195,12 +222,13 @@ impl Drop for BenchContainer {
     }
 }
 
-/// Runs `command` `samples` times one after another, the input on its stdin; every
-/// run must succeed.
+/// Runs `command` `samples` times one after another, `input` on its stdin; every run
+/// must succeed.
 async fn sequential(
     kind: &str,
     backend: &str,
     samples: usize,
+    input: &str,
     command: &mut tokio::process::Command,
 ) -> anyhow::Result<Row> {
     command
@@ -217,7 +245,7 @@ async fn sequential(
             .with_context(|| format!("starting {kind}"))?;
         let mut stdin = child.stdin.take().context("the child's stdin")?;
         stdin
-            .write_all(fixtures::INPUT.as_bytes())
+            .write_all(input.as_bytes())
             .await
             .with_context(|| format!("writing to {kind}"))?;
         drop(stdin);
@@ -272,7 +300,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_in_process_floor_measures_every_sample() {
-        let row = in_process(5).await.unwrap();
+        let workload = Workload {
+            bundle: fixtures::echo_wasm().unwrap(),
+            input: fixtures::INPUT,
+            label: "echo".into(),
+        };
+        let row = in_process(&workload, 5).await.unwrap();
+        assert_eq!(row.work.as_deref(), Some("both: echo"));
         assert_eq!(row.samples_ms.len(), 5);
         assert!(row.p50_ms.unwrap() > 0.0);
         assert!(row.calls_per_sec.unwrap() > 0.0);

@@ -1,9 +1,13 @@
-//! The report: one row per backend, start kind (or peer) and concurrency; its JSON
-//! schema (`--json FILE`) and its table.
+//! The report: one row per backend, start kind (or peer) and concurrency; the figures
+//! derived from the rows (newt against its own HTTP floor and against `wasmtime
+//! serve`); the density run, when there was one; its JSON schema (`--json FILE`), its
+//! tables and the dated Markdown section `make bench-report` puts in BENCHMARKS.md.
 
+use super::density::Density;
 use super::newt::COMPONENT;
 use super::stats::{self, format_ratio};
 use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The start kinds newt reports in `x-newt-start`, as row kinds.
@@ -36,6 +40,196 @@ pub struct Report {
     pub date: String,
     /// Every row, in the order measured.
     pub rows: Vec<Row>,
+    /// The commit measured (`--commit`), when given.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// What each backend's rows ran.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    /// Figures derived from the rows, per concurrency (see [`derive`]).
+    #[serde(default)]
+    pub derived: Vec<Derived>,
+    /// The density run (`--density`), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<Density>,
+}
+
+/// What one backend's rows ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    /// `wasm`, `python` or `wasi:http`.
+    pub backend: String,
+    /// The function, e.g. `examples/hello (wasm32-wasip1)`.
+    pub function: String,
+    /// Every call's input.
+    pub input: String,
+}
+
+/// newt against its own HTTP floor and against `wasmtime serve`, at one concurrency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Warm wasm calls/s as a percentage of the HTTP floor's calls/s.
+    pub warm_of_floor_pct: Option<f64>,
+    /// Warm wasm p50 minus the HTTP floor's p50, µs: what running the function adds.
+    pub p50_over_floor_us: Option<f64>,
+    /// newt's `wasi:http` calls/s divided by `wasmtime serve`'s (same component).
+    pub component_over_serve: Option<f64>,
+}
+
+/// The derived figures at each concurrency some row was measured at.
+pub fn derive(rows: &[Row]) -> Vec<Derived> {
+    let find = |backend: &str, kind: &str, c: usize| {
+        rows.iter().find(|r| {
+            r.backend == backend && r.kind == kind && r.concurrency == c && r.skipped.is_none()
+        })
+    };
+    let mut concurrencies: Vec<usize> = rows
+        .iter()
+        .filter(|r| {
+            r.kind == "warm" || r.kind == peer::HTTP_FLOOR || r.kind == peer::WASMTIME_SERVE
+        })
+        .map(|r| r.concurrency)
+        .collect();
+    concurrencies.sort_unstable();
+    concurrencies.dedup();
+    concurrencies
+        .into_iter()
+        .map(|c| {
+            let warm = find("wasm", "warm", c);
+            let floor = find("wasm", peer::HTTP_FLOOR, c);
+            let component = find(COMPONENT, "warm", c);
+            let serve = find(COMPONENT, peer::WASMTIME_SERVE, c);
+            let rate = |r: Option<&Row>| r.and_then(|r| r.calls_per_sec);
+            let p50 = |r: Option<&Row>| r.and_then(|r| r.p50_ms);
+            Derived {
+                concurrency: c,
+                warm_of_floor_pct: stats::ratio(rate(warm), rate(floor)).map(|r| r * 100.0),
+                p50_over_floor_us: p50(warm)
+                    .zip(p50(floor))
+                    .map(|(warm, floor)| (warm - floor) * 1000.0),
+                component_over_serve: stats::ratio(rate(component), rate(serve)),
+            }
+        })
+        .collect()
+}
+
+/// The derived figures' header, with the targets of issue 17.
+pub const DERIVED_HEADER: [&str; 4] = [
+    "CONC",
+    "WARM CALLS/S % OF HTTP FLOOR (>= 60 % at 64)",
+    "WARM P50 OVER FLOOR (<= 30 us at 1)",
+    "WASI:HTTP CALLS/S NEWT / WASMTIME SERVE (>= 2x)",
+];
+
+/// The derived figures' cells.
+pub fn derived_table(derived: &[Derived]) -> Vec<Vec<String>> {
+    derived
+        .iter()
+        .map(|d| {
+            vec![
+                d.concurrency.to_string(),
+                d.warm_of_floor_pct
+                    .map_or_else(|| "-".into(), |p| format!("{p:.0} %")),
+                d.p50_over_floor_us
+                    .map_or_else(|| "-".into(), |us| format!("{us:.0} us")),
+                d.component_over_serve
+                    .map_or_else(|| "-".into(), format_ratio),
+            ]
+        })
+        .collect()
+}
+
+/// A table as text: columns padded to their widest cell, two spaces apart (what
+/// `newt`'s other tables look like).
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+impl Report {
+    /// The dated section for BENCHMARKS.md: where and when it ran, the command, what
+    /// each backend ran, the table, the derived figures and the density run.
+    pub fn markdown(&self, command: &str) -> String {
+        let mut md = String::new();
+        let commit = self.commit.as_deref().unwrap_or("unknown commit");
+        let _ = writeln!(md, "## {}: `make bench-report` at {commit}\n", self.date);
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "- Machine: {} cores, {}, {} {}; newt {}.",
+            m.cores,
+            m.cpu.as_deref().unwrap_or("CPU unknown"),
+            m.os,
+            m.arch,
+            m.newt_version
+        );
+        let _ = writeln!(
+            md,
+            "- Date: {}; release build of commit {commit}.",
+            self.date
+        );
+        let _ = writeln!(md, "- Command: `{command}`.");
+        for w in &self.workloads {
+            let _ = writeln!(
+                md,
+                "- `{}` rows run {}, input `{}`.",
+                w.backend, w.function, w.input
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n```\n{}```\n",
+            render_table(&TABLE_HEADER, &table(&self.rows))
+        );
+        if !self.derived.is_empty() {
+            let _ = writeln!(
+                md,
+                "Derived from the table (targets of issue 17 in the header):\n\n```\n{}```\n",
+                render_table(&DERIVED_HEADER, &derived_table(&self.derived))
+            );
+        }
+        if let Some(density) = &self.density {
+            md.push_str(&density.markdown());
+        }
+        md
+    }
+}
+
+/// `doc` with `section` inserted before its first `## ` heading (the newest run goes
+/// first, under the file's introduction), or at its end when it has none.
+pub fn splice(doc: &str, section: &str) -> String {
+    let at = if doc.starts_with("## ") {
+        Some(0)
+    } else {
+        doc.find("\n## ").map(|i| i + 1)
+    };
+    let section = section.trim_end();
+    match at {
+        Some(i) => format!("{}{section}\n\n{}", &doc[..i], &doc[i..]),
+        None if doc.is_empty() => format!("{section}\n"),
+        None => format!("{}\n\n{section}\n", doc.trim_end()),
+    }
 }
 
 /// The machine the figures come from: ratios only compare within one run.
@@ -104,6 +298,9 @@ pub struct Row {
     /// newt rows: responses whose `x-newt-start` was not the row's kind.
     #[serde(default)]
     pub start_mismatches: Option<u64>,
+    /// Peer rows: what each side ran (`both: examples/hello (wasm32-wasip1)`).
+    #[serde(default)]
+    pub work: Option<String>,
 }
 
 impl Row {
@@ -129,7 +326,14 @@ impl Row {
             ratio: None,
             ratio_cold: None,
             start_mismatches: None,
+            work: None,
         }
+    }
+
+    /// The row, saying what each side ran.
+    pub fn with_work(mut self, work: impl Into<String>) -> Row {
+        self.work = Some(work.into());
+        self
     }
 
     /// A row that was not measured, and why (for an absent peer: how to install it).
@@ -147,6 +351,7 @@ impl Row {
             ratio: None,
             ratio_cold: None,
             start_mismatches: None,
+            work: None,
         }
     }
 
@@ -253,7 +458,11 @@ pub fn table(rows: &[Row]) -> Vec<Vec<String>> {
             };
             let note = match &r.skipped {
                 Some(reason) => format!("skipped: {reason}"),
-                None => r.mismatch_note().unwrap_or_default(),
+                None => [r.work.clone(), r.mismatch_note()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; "),
             };
             vec![
                 r.backend.clone(),
@@ -321,7 +530,15 @@ mod tests {
         Report {
             machine: Machine::detect(),
             date: "2026-11-23 16:30:05 UTC".into(),
+            derived: derive(&rows),
             rows,
+            commit: Some("abc1234".into()),
+            workloads: vec![Workload {
+                backend: "wasm".into(),
+                function: "examples/hello (wasm32-wasip1)".into(),
+                input: "{}".into(),
+            }],
+            density: None,
         }
     }
 
@@ -375,6 +592,78 @@ mod tests {
             json["rows"][0]["samples_ms"],
             serde_json::json!([1.0, 2.0, 3.0])
         );
+    }
+
+    #[test]
+    fn derived_figures_compare_warm_with_the_floor_and_newt_with_serve() {
+        let at = |backend: &str, kind: &str, c: usize, p50: f64, calls: usize, ms: u64| {
+            Row::measured(
+                backend,
+                kind,
+                c,
+                vec![p50; calls],
+                Duration::from_millis(ms),
+            )
+        };
+        let rows = vec![
+            // c=1: warm 0.25 ms p50 at 4000/s; floor 0.2 ms at 5000/s.
+            at("wasm", "warm", 1, 0.25, 4, 1),
+            at("wasm", peer::HTTP_FLOOR, 1, 0.2, 5, 1),
+            // c=64: warm 3000/s, floor 5000/s; newt's component 6000/s, serve 2000/s.
+            at("wasm", "warm", 64, 2.0, 3, 1),
+            at("wasm", peer::HTTP_FLOOR, 64, 1.0, 5, 1),
+            at(COMPONENT, "warm", 64, 1.0, 6, 1),
+            at(COMPONENT, peer::WASMTIME_SERVE, 64, 3.0, 2, 1),
+            Row::skipped(COMPONENT, peer::WASMTIME_SERVE, 1, "not installed"),
+        ];
+        let derived = derive(&rows);
+        assert_eq!(derived.len(), 2);
+        let (one, many) = (&derived[0], &derived[1]);
+        assert_eq!(one.concurrency, 1);
+        assert!((one.warm_of_floor_pct.unwrap() - 80.0).abs() < 1e-9);
+        assert!((one.p50_over_floor_us.unwrap() - 50.0).abs() < 1e-9);
+        assert_eq!(
+            one.component_over_serve, None,
+            "serve skipped, newt not measured"
+        );
+        assert!((many.warm_of_floor_pct.unwrap() - 60.0).abs() < 1e-9);
+        assert!((many.component_over_serve.unwrap() - 3.0).abs() < 1e-9);
+        let cells = derived_table(&derived);
+        assert_eq!(cells[0], ["1", "80 %", "50 us", "-"]);
+        assert_eq!(cells[1], ["64", "60 %", "1000 us", "3.0×"]);
+        assert!(derive(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_markdown_section_has_date_commit_command_and_tables() {
+        let mut report = report();
+        report.rows[2].work = Some("both: examples/hello (wasm32-wasip1)".into());
+        let md = report.markdown("newt bench --self-host");
+        assert!(
+            md.starts_with("## 2026-11-23 16:30:05 UTC: `make bench-report` at abc1234\n"),
+            "{md}"
+        );
+        assert!(md.contains("- Command: `newt bench --self-host`."));
+        assert!(md.contains("- `wasm` rows run examples/hello (wasm32-wasip1), input `{}`."));
+        assert!(md.contains("both: examples/hello (wasm32-wasip1)"), "{md}");
+        assert!(md.contains(DERIVED_HEADER[1]), "{md}");
+        // The table is the one printed: padded columns, no trailing spaces.
+        let table = render_table(&TABLE_HEADER, &table(&report.rows));
+        assert!(md.contains(&table));
+        assert!(table.lines().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn a_section_goes_before_the_first_run() {
+        let doc = "# Benchmarks\n\nIntro.\n\n## 2026-12-01: old\n\ntext\n## Method\n";
+        let new = splice(doc, "## 2026-12-03: new\n\nfigures\n\n");
+        assert_eq!(
+            new,
+            "# Benchmarks\n\nIntro.\n\n## 2026-12-03: new\n\nfigures\n\n## 2026-12-01: old\n\ntext\n## Method\n"
+        );
+        assert_eq!(splice("# B\n", "## s\n"), "# B\n\n## s\n");
+        assert_eq!(splice("", "## s"), "## s\n");
+        assert_eq!(splice("## a\n", "## s"), "## s\n\n## a\n");
     }
 
     #[test]

@@ -31,10 +31,11 @@ pub async fn wasmtime_serve_rows(
     concurrency: &[usize],
     calls: usize,
 ) -> Vec<Row> {
+    let work = super::peers::both(fixtures::COMPONENT_LABEL);
     let skip_all = |reason: &str| {
         concurrency
             .iter()
-            .map(|&c| Row::skipped(COMPONENT, peer::WASMTIME_SERVE, c, reason))
+            .map(|&c| Row::skipped(COMPONENT, peer::WASMTIME_SERVE, c, reason).with_work(&work))
             .collect()
     };
     let Some(wasmtime) = find_on_path("wasmtime") else {
@@ -65,7 +66,7 @@ pub async fn wasmtime_serve_rows(
                 &format!("failed: {e:#}"),
             ),
         };
-        rows.push(row);
+        rows.push(row.with_work(&work));
     }
     rows
 }
@@ -179,7 +180,7 @@ async fn http_load(url: &str, total: usize, concurrency: usize) -> anyhow::Resul
     closed_loop(total, concurrency, move || {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let (ms, status) = timed(client.post(&*url).body(fixtures::INPUT)).await?;
+            let (ms, status) = timed(client.post(&*url).body(fixtures::HELLO_INPUT)).await?;
             if !status.is_success() {
                 bail!("{} answered {}", url, status);
             }

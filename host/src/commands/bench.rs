@@ -1,13 +1,15 @@
-//! `newt bench`: cold, prewarmed and warm calls of newt's built-in trivial functions
-//! (wasm and Python), side by side with the same work done by the tools a user would
-//! pick instead, all measured in one run on one machine. The measuring lives in
+//! `newt bench`: cold, prewarmed and warm calls of trivial functions (the Rust SDK
+//! hello on wasm, an echo on Python), side by side with the same work done by the
+//! tools a user would pick instead, all measured in one run on one machine; and with
+//! `--density`, how many wasm functions one server holds. The measuring lives in
 //! `crate::bench`; this file is the flags and the order of the rows.
 
+use crate::bench::fixtures::{self, Workload};
 use crate::bench::newt::{self, Backend, Newt, Plan};
 use crate::bench::report::{self, Machine, Report, Row, peer};
 use crate::bench::target::SelfHosted;
-use crate::bench::{peers, serve};
-use crate::client::{Client, ClientOpts, DEFAULT_SERVER, print_table, timestamp};
+use crate::bench::{density, peers, serve};
+use crate::client::{Client, ClientOpts, DEFAULT_SERVER, timestamp};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 
@@ -54,6 +56,25 @@ pub struct BenchArgs {
     /// --quick: 20].
     #[arg(long, value_name = "N")]
     pub requests: Option<usize>,
+    /// Also deploy N distinct wasm functions on a server of their own, call each once,
+    /// read its memory, restart it and call each again (needs --self-host)
+    /// [default N: 10000].
+    #[arg(long, value_name = "N", num_args = 0..=1,
+        default_missing_value = "10000")]
+    pub density: Option<usize>,
+    /// Run only the density benchmark, none of the rows.
+    #[arg(long, requires = "density")]
+    pub density_only: bool,
+    /// The commit measured, for the report (`make bench-report` passes it).
+    #[arg(long, value_name = "REV")]
+    pub commit: Option<String>,
+    /// Also write the report as a dated Markdown section to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Insert that Markdown section into FILE, before its first `## ` heading (what
+    /// `make bench-report` does to BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    pub splice_into: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -73,6 +94,15 @@ impl BenchArgs {
         if fast_calls == 0 {
             bail!("--requests must be at least 1");
         }
+        if self.density.is_some_and(|n| n == 0) {
+            bail!("--density takes at least 1 function");
+        }
+        if self.density.is_some() && !self.self_host {
+            bail!(
+                "--density needs --self-host: it restarts its server and reads the server's \
+                 memory"
+            );
+        }
         let (slow_calls, few_calls) = if self.quick {
             (QUICK_SLOW_REQUESTS, QUICK_FEW_REQUESTS)
         } else {
@@ -87,9 +117,108 @@ impl BenchArgs {
     }
 }
 
-/// Runs the benchmark, prints the table and writes `--json`.
+/// Runs the benchmark, prints the tables and writes `--json`, `--chart` and the
+/// Markdown.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    // Calls at concurrency N need more than one thread to keep N in flight.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let wasm = runtime.block_on(fixtures::wasm())?;
+    let python = fixtures::python()?;
+    let mut report = Report {
+        machine: Machine::detect(),
+        date: format!("{} UTC", timestamp(&serde_json::json!(now_ms))),
+        rows: Vec::new(),
+        commit: args.commit.clone(),
+        workloads: workloads(&wasm, &python),
+        derived: Vec::new(),
+        density: None,
+    };
+    if !args.density_only {
+        report.rows = measure_rows(&args, &plan, &runtime, &wasm, python)?;
+        report.derived = report::derive(&report.rows);
+        print!(
+            "{}",
+            report::render_table(&report::TABLE_HEADER, &report::table(&report.rows))
+        );
+        println!();
+        print!(
+            "{}",
+            report::render_table(
+                &report::DERIVED_HEADER,
+                &report::derived_table(&report.derived)
+            )
+        );
+    }
+    if let Some(functions) = args.density {
+        let measured = runtime.block_on(density::run(&wasm, functions))?;
+        println!("\n{}", measured.markdown().trim_end());
+        report.density = Some(measured);
+    }
+    drop(runtime);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if let Some(path) = args.chart.as_ref().filter(|_| !report.rows.is_empty()) {
+        let title = format!("newt bench, {}, {}", report.date, report.machine.cores);
+        let svg = crate::bench::chart::render(&report.rows, &format!("{title} cores"));
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    let command = std::iter::once("newt".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let section = report.markdown(&command);
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &section).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if let Some(path) = &args.splice_into {
+        let doc =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(path, report::splice(&doc, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: added this run to {}", path.display());
+    }
+    Ok(())
+}
+
+/// What each backend's rows run, for the report.
+fn workloads(wasm: &Workload, python: &Workload) -> Vec<report::Workload> {
+    let entry = |backend: &str, function: &str, input: &str| report::Workload {
+        backend: backend.into(),
+        function: function.into(),
+        input: input.into(),
+    };
+    vec![
+        entry("wasm", &wasm.label, wasm.input),
+        entry(
+            newt::COMPONENT,
+            fixtures::COMPONENT_LABEL,
+            fixtures::HELLO_INPUT,
+        ),
+        entry("python", &python.label, python.input),
+    ]
+}
+
+/// The rows, on the server at `--server` or a self-hosted one (stopped before
+/// returning, so a density run after it has the machine to itself).
+fn measure_rows(
+    args: &BenchArgs,
+    plan: &Plan,
+    runtime: &tokio::runtime::Runtime,
+    wasm: &Workload,
+    python: Workload,
+) -> anyhow::Result<Vec<Row>> {
     let self_hosted = if args.self_host {
         eprintln!("bench: starting newt serve on a temporary home");
         Some(SelfHosted::start()?)
@@ -108,38 +237,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         json: false,
     };
     eprintln!("bench: measuring {}", opts.server);
-    // Calls at concurrency N need more than one thread to keep N in flight.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let measured = runtime.block_on(measure(&opts, &plan));
-    drop(runtime);
-    let report = match (measured, &self_hosted) {
-        (Ok(report), _) => report,
+    let measured = runtime.block_on(measure(&opts, plan, wasm.clone(), python));
+    match (measured, &self_hosted) {
+        (Ok(rows), _) => Ok(rows),
         (Err(e), Some(server)) => {
-            return Err(e.context(format!("the self-hosted server's log:\n{}", server.log())));
+            Err(e.context(format!("the self-hosted server's log:\n{}", server.log())))
         }
-        (Err(e), None) => return Err(e),
-    };
-    print_table(&report::TABLE_HEADER, &report::table(&report.rows));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("bench: wrote {}", path.display());
+        (Err(e), None) => Err(e),
     }
-    if let Some(path) = &args.chart {
-        let title = format!("newt bench, {}, {}", report.date, report.machine.cores);
-        let svg = crate::bench::chart::render(&report.rows, &format!("{title} cores"));
-        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    Ok(())
 }
 
 /// Every row, in order: newt wasm, wasm peers, newt python, container peers.
-async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
-    let newt = Newt::new(Client::new(opts)?);
+async fn measure(
+    opts: &ClientOpts,
+    plan: &Plan,
+    wasm: Workload,
+    python: Workload,
+) -> anyhow::Result<Vec<Row>> {
+    let newt = Newt::new(Client::new(opts)?, wasm.clone(), python);
     let docker = newt
         .docker()
         .await
@@ -158,7 +273,7 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
 
     newt::backend_rows(&newt, Backend::Wasm, plan, &mut record).await?;
     record(
-        peers::in_process(plan.fast_calls)
+        peers::in_process(&wasm, plan.fast_calls)
             .await
             .unwrap_or_else(|e| {
                 Row::skipped("wasm", peer::IN_PROCESS, 1, &format!("failed: {e:#}"))
@@ -170,7 +285,7 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
     {
         record(row);
     }
-    record(peers::wasmtime_run(plan.few_calls).await);
+    record(peers::wasmtime_run(&wasm, plan.few_calls).await);
     // The identical wasi:http component on newt and on `wasmtime serve`.
     let component = serve::build_component().await.map_err(|e| format!("{e:#}"));
     match &component {
@@ -217,14 +332,7 @@ async fn measure(opts: &ClientOpts, plan: &Plan) -> anyhow::Result<Report> {
     }
 
     report::apply_ratios(&mut rows);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Ok(Report {
-        machine: Machine::detect(),
-        date: format!("{} UTC", timestamp(&serde_json::json!(now_ms))),
-        rows,
-    })
+    Ok(rows)
 }
 
 /// How many rows a run makes: newt's rows per backend, then the peers (in-process,
@@ -287,6 +395,37 @@ mod tests {
         assert_eq!(full.concurrency, [2, 8]);
         assert_eq!(full.fast_calls, 50);
         assert_eq!(plan(&[]).unwrap().concurrency, CONCURRENCY);
+    }
+
+    #[test]
+    fn density_defaults_to_ten_thousand_and_needs_self_host() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["bench"];
+            full.extend_from_slice(argv);
+            Cli::try_parse_from(full).map(|cli| cli.args)
+        };
+        let args = parse(&["--self-host", "--density", "--json", "x.json"]).unwrap();
+        assert_eq!(args.density, Some(density::DEFAULT_FUNCTIONS));
+        assert!(args.plan().is_ok());
+        assert_eq!(
+            parse(&["--self-host", "--density", "50"]).unwrap().density,
+            Some(50)
+        );
+        assert_eq!(parse(&["--self-host"]).unwrap().density, None);
+        assert!(
+            parse(&["--density", "5"]).unwrap().plan().is_err(),
+            "no --self-host"
+        );
+        assert!(
+            parse(&["--self-host", "--density", "0"])
+                .unwrap()
+                .plan()
+                .is_err()
+        );
+        assert!(
+            parse(&["--self-host", "--density-only"]).is_err(),
+            "needs --density"
+        );
     }
 
     #[test]

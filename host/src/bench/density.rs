@@ -61,6 +61,13 @@ pub struct Density {
     pub rss_called: u64,
     /// Once no pool holds an instance any more.
     pub rss_idle: u64,
+    /// Of which anonymous memory (`RssAnon`: heap, stacks, dirty copies).
+    #[serde(default)]
+    pub rss_idle_anon: u64,
+    /// Of which file pages (`RssFile`: the binary, mmapped artifacts; clean ones the
+    /// kernel can reclaim under pressure).
+    #[serde(default)]
+    pub rss_idle_file: u64,
     /// `(rss_idle - rss_empty) / functions`, bytes.
     pub rss_per_function: f64,
     /// How long the pools took to let their instances go, s.
@@ -172,9 +179,14 @@ async fn measure(
     let idle_wait_secs = waited.elapsed().as_secs_f64();
     let pid_now = pid(server)?;
     let rss_idle = rss(pid_now)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid_now}/status"))
+        .context("reading the server's status")?;
+    let kb = |field| status_kb(&status, field).unwrap_or(0) * 1024;
+    let (rss_idle_anon, rss_idle_file) = (kb("RssAnon"), kb("RssFile"));
     let smaps = std::fs::read_to_string(format!("/proc/{pid_now}/smaps"))
         .context("reading the server's smaps")?;
-    let (memory, mappings) = breakdown(&smaps);
+    let exe = std::fs::read_link(format!("/proc/{pid_now}/exe")).unwrap_or_default();
+    let (memory, mappings) = breakdown(&smaps, &exe.to_string_lossy());
 
     let cache = home.join("cache");
     let before = artifacts(&cache)?;
@@ -200,6 +212,8 @@ async fn measure(
         rss_empty,
         rss_called,
         rss_idle,
+        rss_idle_anon,
+        rss_idle_file,
         rss_per_function: per_function(rss_idle, rss_empty, functions),
         idle_wait_secs,
         memory,
@@ -374,14 +388,14 @@ fn per_function(rss: u64, empty: u64, functions: usize) -> f64 {
     rss.saturating_sub(empty) as f64 / functions.max(1) as f64
 }
 
-/// Groups `smaps` by what each mapping holds: RSS and count per group (largest first),
-/// and the number of mappings.
-fn breakdown(smaps: &str) -> (Vec<MemoryPart>, usize) {
+/// Groups `smaps` by what each mapping holds (`exe`: the server's executable): RSS and
+/// count per group (largest first), and the number of mappings.
+fn breakdown(smaps: &str, exe: &str) -> (Vec<MemoryPart>, usize) {
     let mut parts: BTreeMap<&'static str, (u64, usize)> = BTreeMap::new();
     let mut mappings = 0;
     let mut current = None;
     for line in smaps.lines() {
-        if let Some((what, size)) = mapping_header(line) {
+        if let Some((what, size)) = mapping_header(line, exe) {
             // A large reservation with no file is the wasm allocator's; its resident
             // part is what its slots touched.
             let what = if what == ANON && size >= POOL_RESERVATION {
@@ -419,7 +433,7 @@ const OTHER: &str = "other files";
 
 /// A smaps mapping header (`start-end perms offset dev inode [path]`): what it holds
 /// and its size, bytes.
-fn mapping_header(line: &str) -> Option<(&'static str, u64)> {
+fn mapping_header(line: &str, exe: &str) -> Option<(&'static str, u64)> {
     let mut fields = line.split_whitespace();
     let range = fields.next()?;
     let (start, end) = range.split_once('-')?;
@@ -440,7 +454,7 @@ fn mapping_header(line: &str) -> Option<(&'static str, u64)> {
     } else if path.is_empty() || path == "[heap]" || path.starts_with("[anon") || path == "[stack]"
     {
         ANON
-    } else if path.contains(".so") || path.ends_with("/newt") || path.starts_with('[') {
+    } else if path.contains(".so") || (!exe.is_empty() && path == exe) || path.starts_with('[') {
         BINARY
     } else {
         OTHER
@@ -515,12 +529,15 @@ impl Density {
             md,
             "- Server RSS: {} empty; {} right after the calls; {} once the keep-alive let \
              every instance go ({:.0} s later): **{:.1} KiB per function** (target: idle \
-             RSS <= 1 GiB at 10 000). {} mappings.",
+             RSS <= 1 GiB at 10 000); of the idle RSS {} anonymous, {} file pages. {} \
+             mappings.",
             mib(self.rss_empty),
             mib(self.rss_called),
             mib(self.rss_idle),
             self.idle_wait_secs,
             self.rss_per_function / 1024.0,
+            mib(self.rss_idle_anon),
+            mib(self.rss_idle_file),
             self.mappings,
         );
         let _ = writeln!(
@@ -600,7 +617,7 @@ Rss:                 100 kB
 
     #[test]
     fn smaps_is_grouped_by_what_the_mappings_hold() {
-        let (parts, mappings) = breakdown(SMAPS);
+        let (parts, mappings) = breakdown(SMAPS, "/usr/local/bin/newt");
         assert_eq!(mappings, 7);
         let get = |what: &str| parts.iter().find(|p| p.what == what).cloned().unwrap();
         assert_eq!((get(BINARY).rss, get(BINARY).mappings), (1024 << 10, 1));
@@ -647,7 +664,7 @@ Rss:                 100 kB
             secs: 10.0,
             starts: BTreeMap::from([("cold".to_string(), 10)]),
         };
-        let (memory, mappings) = breakdown(SMAPS);
+        let (memory, mappings) = breakdown(SMAPS, "/usr/local/bin/newt");
         let density = Density {
             functions: 10,
             function: "hello + a unique custom section".into(),
@@ -659,6 +676,8 @@ Rss:                 100 kB
             rss_empty: 10 << 20,
             rss_called: 30 << 20,
             rss_idle: 20 << 20,
+            rss_idle_anon: 8 << 20,
+            rss_idle_file: 12 << 20,
             rss_per_function: per_function(20 << 20, 10 << 20, 10),
             idle_wait_secs: 61.0,
             memory,
@@ -673,6 +692,7 @@ Rss:                 100 kB
         let md = density.markdown();
         assert!(md.starts_with("### Density: 10 wasm functions"), "{md}");
         assert!(md.contains("**1024.0 KiB per function**"), "{md}");
+        assert!(md.contains("8 MiB anonymous, 12 MiB file pages"), "{md}");
         assert!(md.contains("p50 1.00 ms, p90 2.00 ms, p99 3.00 ms, max 9.00 ms (10 cold)"));
         assert!(md.contains("written again during the restart round: 0"));
         assert!(md.contains(&format!("| {CWASM} | 0 MiB | 2 |")), "{md}");

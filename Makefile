@@ -60,7 +60,12 @@ fuzz:
 bench: guests
 	$(CARGO) bench -p newt-runtime -p newt-host
 
-# The side-by-side table of BENCHMARKS.md: newt's start kinds against its peers.
-bench-report:
+# BENCHMARKS.md's newest run: newt's start kinds against its peers on equal work, the
+# figures derived from them, and 10 000 wasm functions on one server (--density),
+# added as a section with date and commit at the top of its runs. Long: run it on a
+# quiet machine.
+bench-report: guests
 	$(CARGO) build --release -p newt-host
-	$(TARGET_DIR)/release/newt bench --self-host --json bench.json --chart bench.svg
+	$(TARGET_DIR)/release/newt bench --self-host --density --json bench.json --chart bench.svg \
+		--commit "$$(git rev-parse --short HEAD)$$(git diff --quiet HEAD || echo ' (uncommitted changes)')" \
+		--splice-into BENCHMARKS.md

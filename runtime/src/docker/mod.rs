@@ -508,9 +508,12 @@ impl AheadRecipe {
     }
 }
 
+/// Images' `VOLUME`s by image, with when they were asked.
+type Volumes = HashMap<String, (Arc<Vec<String>>, Instant)>;
+
 /// The `VOLUME`s of images, asked of the engine once per image rather than per start.
 #[derive(Default)]
-struct VolumeCache(std::sync::Mutex<HashMap<String, (Arc<Vec<String>>, Instant)>>);
+struct VolumeCache(std::sync::Mutex<Volumes>);
 
 impl VolumeCache {
     async fn get(&self, docker: &Docker, image: &str) -> Result<Arc<Vec<String>>> {
@@ -530,7 +533,7 @@ impl VolumeCache {
         Ok(volumes)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Vec<String>>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Volumes> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

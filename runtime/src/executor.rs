@@ -332,16 +332,10 @@ pub trait Executor: Send + Sync + 'static {
         true
     }
 
-    /// Gets rid of an instance and everything it holds.
+    /// Gets rid of an instance and everything it holds. A pool calls it in the
+    /// background once the call has answered; the instance counts against
+    /// `max_instances` until it returns.
     async fn destroy(&self, instance: Self::Instance);
-
-    /// Whether `destroy` is quick enough to run before a call answers (wasm: freeing
-    /// a slot). When it is not (removing a container), the pool answers first and
-    /// destroys in the background, still counting the instance against
-    /// `max_instances` until it is gone.
-    fn destroying_is_cheap(&self) -> bool {
-        false
-    }
 
     /// Whether the backend answers.
     async fn health(&self) -> BackendHealth;

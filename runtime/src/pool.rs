@@ -159,6 +159,10 @@ pub(crate) struct Pool<E: Executor> {
     policy: RwLock<Policy>,
     state: Mutex<State<E::Instance>>,
     freed: tokio::sync::Notify,
+    /// Wakes the maintainer when an instance left the pool, so the next call finds a
+    /// replacement ready instead of waiting for the maintainer's next pass. Held
+    /// apart from the pool: the maintainer waits on it without keeping the pool alive.
+    refill: Arc<tokio::sync::Notify>,
     // The first call of a version in this process pays for loading what `prepare`
     // produced into a first instance.
     ran_once: AtomicBool,
@@ -246,12 +250,13 @@ impl<E: Executor> Pool<E> {
                 waiting: 0,
             }),
             freed: tokio::sync::Notify::new(),
+            refill: Arc::new(tokio::sync::Notify::new()),
             ran_once: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             counters: Counters::default(),
             backoff: Mutex::new(Backoff::default()),
         });
-        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        tokio::spawn(maintain(Arc::downgrade(&pool), pool.refill.clone()));
         pool
     }
 
@@ -342,6 +347,7 @@ impl<E: Executor> Pool<E> {
                     && let Some((instance, _)) = st.idle.pop_back()
                 {
                     st.busy += 1;
+                    self.refill.notify_one();
                     return Ok(lease(Some(instance)));
                 }
                 if st.total() < policy.max_instances as usize {
@@ -387,13 +393,6 @@ impl<E: Executor> Pool<E> {
     async fn destroy(&self, instance: E::Instance, reason: &'static str) {
         self.count_destroyed(reason);
         self.executor.destroy(instance).await;
-    }
-
-    /// Destroys an instance now if that is cheap, else in the background while it
-    /// still counts against `max_instances`.
-    fn destroy_soon(self: &Arc<Self>, instance: E::Instance, reason: &'static str) {
-        self.lock().destroying += 1;
-        self.destroy_counted(instance, reason);
     }
 
     /// Destroys an instance in the background that already counts as `destroying`.
@@ -459,6 +458,7 @@ impl<E: Executor> Pool<E> {
     fn claim_idle(&self) -> Option<E::Instance> {
         let (instance, _) = self.lock().idle.pop_back()?;
         self.count_destroyed("claimed");
+        self.refill.notify_one();
         Some(instance)
     }
 
@@ -605,12 +605,18 @@ impl<E: Executor> Pool<E> {
             }
         };
         if let Some((instance, reason)) = leftover {
-            if self.executor.destroying_is_cheap() {
-                self.destroy(instance, reason).await;
-            } else {
-                // The caller has its answer; removing a container takes ~75 ms.
-                self.destroy_soon(instance, reason);
-            }
+            // The caller has its answer before the instance is gone: removing a
+            // container takes ~75 ms, and even a wasm instance's teardown (resetting
+            // its memory slot) is a tenth of a warm call. Counted now, so whoever saw
+            // the call end sees its instance counted.
+            self.count_destroyed(reason);
+            self.lock().destroying += 1;
+            let pool = self.clone();
+            spawn_detached(async move {
+                pool.executor.destroy(instance).await;
+                pool.lock().destroying -= 1;
+                pool.freed.notify_one();
+            });
         }
         self.freed.notify_one();
     }
@@ -733,7 +739,7 @@ impl<E: Executor> Pool<E> {
 }
 
 /// The background loop of one pool.
-async fn maintain<E: Executor>(pool: Weak<Pool<E>>) {
+async fn maintain<E: Executor>(pool: Weak<Pool<E>>, refill: Arc<tokio::sync::Notify>) {
     loop {
         let every = match pool.upgrade() {
             Some(pool) if !pool.drained.load(Ordering::Acquire) => {
@@ -742,7 +748,8 @@ async fn maintain<E: Executor>(pool: Weak<Pool<E>>) {
             }
             _ => return,
         };
-        tokio::time::sleep(every).await;
+        // Whichever comes first: the next pass, or an instance taken from the pool.
+        let _ = tokio::time::timeout(every, refill.notified()).await;
     }
 }
 

@@ -28,6 +28,10 @@ fn summary_columns() -> String {
 }
 
 /// Later records for the same call id replace earlier ones, column by column.
+/// The condition of the partial index `calls_unfinished` (schema migration 8), in
+/// the words a query must use for SQLite to pick that index.
+const UNFINISHED: &str = "status IN ('pending', 'running')";
+
 pub(super) const UPSERT_CALL: &str = "INSERT INTO calls (id, num, function, version, status, \
      is_async, input, output, error, logs, start, queue_us, init_us, exec_us, created_at, \
      started_at, finished_at, caller, attempts) \
@@ -126,6 +130,10 @@ pub(super) fn list(conn: &Connection, filter: CallFilter) -> Result<Vec<CallReco
     if let Some(status) = filter.status {
         values.push(Value::Text(status.as_str().to_owned()));
         conditions.push(format!("status = ?{}", values.len()));
+        // Spelled out so SQLite can use the partial index of unfinished calls.
+        if matches!(status, CallStatus::Pending | CallStatus::Running) {
+            conditions.push(UNFINISHED.to_string());
+        }
     }
     if let Some(caller) = filter.caller {
         values.push(Value::Text(caller));
@@ -173,7 +181,7 @@ pub(super) fn recover(conn: &mut Connection) -> Result<Recovery> {
     let interrupted = tx
         .execute(
             "UPDATE calls SET status = ?1, error = 'host restarted', finished_at = ?2 \
-             WHERE is_async = 0 AND status IN (?3, ?4)",
+             WHERE is_async = 0 AND status IN (?3, ?4) AND status IN ('pending', 'running')",
             params![
                 CallStatus::Failed,
                 now,
@@ -186,7 +194,8 @@ pub(super) fn recover(conn: &mut Connection) -> Result<Recovery> {
         .execute(
             "UPDATE calls SET status = ?1, error = 'host restarted during each of ' || \
              attempts || ' attempts', finished_at = ?2 \
-             WHERE is_async = 1 AND status = ?3 AND attempts >= ?4",
+             WHERE is_async = 1 AND status = ?3 AND attempts >= ?4 \
+             AND status IN ('pending', 'running')",
             params![
                 CallStatus::Failed,
                 now,
@@ -202,14 +211,15 @@ pub(super) fn recover(conn: &mut Connection) -> Result<Recovery> {
             "UPDATE calls SET status = ?1, attempts = attempts + 1, start = NULL, \
              queue_us = NULL, init_us = NULL, exec_us = NULL, started_at = NULL, \
              output = NULL, error = NULL, logs = x'' \
-             WHERE is_async = 1 AND status = ?2 AND attempts < ?3",
+             WHERE is_async = 1 AND status = ?2 AND attempts < ?3 \
+             AND status IN ('pending', 'running')",
             params![CallStatus::Pending, CallStatus::Running, MAX_ASYNC_ATTEMPTS],
         )
         .context("returning interrupted async calls to pending")?;
     let pending = {
         let sql = format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE status = ?1 AND is_async = 1 \
-             ORDER BY num"
+             AND {UNFINISHED} ORDER BY num"
         );
         let mut stmt = tx
             .prepare(&sql)

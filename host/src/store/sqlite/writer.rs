@@ -38,7 +38,7 @@ const DURABLE_WAIT: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 512;
 
 /// How long a batch of write-behind records may wait for company before its commit.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Answer to a waiter on the writer thread: one commit error may go to many waiters,
 /// so each gets a [`Failure`] rather than the error itself.

@@ -172,8 +172,8 @@ impl Report {
     /// each backend ran, the table, the derived figures and the density run.
     pub fn markdown(&self, command: &str) -> String {
         let mut md = String::new();
-        let commit = self.commit.as_deref().unwrap_or("unknown commit");
-        let _ = writeln!(md, "## {}: `make bench-report` at {commit}\n", self.date);
+        let commit = self.commit.as_deref().unwrap_or("not given (--commit)");
+        let _ = writeln!(md, "## {}: `newt bench`, commit {commit}\n", self.date);
         let m = &self.machine;
         let _ = writeln!(
             md,
@@ -184,11 +184,7 @@ impl Report {
             m.arch,
             m.newt_version
         );
-        let _ = writeln!(
-            md,
-            "- Date: {}; release build of commit {commit}.",
-            self.date
-        );
+        let _ = writeln!(md, "- Date: {}; commit {commit}.", self.date);
         let _ = writeln!(md, "- Command: `{command}`.");
         for w in &self.workloads {
             let _ = writeln!(
@@ -640,7 +636,7 @@ mod tests {
         report.rows[2].work = Some("both: examples/hello (wasm32-wasip1)".into());
         let md = report.markdown("newt bench --self-host");
         assert!(
-            md.starts_with("## 2026-11-23 16:30:05 UTC: `make bench-report` at abc1234\n"),
+            md.starts_with("## 2026-11-23 16:30:05 UTC: `newt bench`, commit abc1234\n"),
             "{md}"
         );
         assert!(md.contains("- Command: `newt bench --self-host`."));

@@ -433,7 +433,19 @@ impl<E: Executor> Pool<E> {
     async fn create(&self, deadline: Instant) -> Result<E::Instance> {
         let created = match &self.level {
             Level::Function { spec, prepared, .. } => {
-                self.executor.create(spec, prepared, deadline).await
+                // The executor sees the policy in force, also after a PATCH changed it
+                // (`follow`): a container backend starts `preload = none` calls on
+                // containers started ahead of them.
+                let policy = self.policy();
+                if policy == spec.policy {
+                    self.executor.create(spec, prepared, deadline).await
+                } else {
+                    let current = FunctionSpec {
+                        policy,
+                        ..(**spec).clone()
+                    };
+                    self.executor.create(&current, prepared, deadline).await
+                }
             }
             Level::Runtime { runtime } => self.executor.create_generic(runtime, deadline).await,
         };

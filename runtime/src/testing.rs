@@ -29,6 +29,8 @@ pub(crate) struct Fake {
     pub(crate) backend_down: AtomicBool,
     /// Bumped when the backend is lost: instances of an older one are dead.
     pub(crate) backend_generation: AtomicU64,
+    /// The preload of the spec each function-level create was given.
+    pub(crate) created_with: std::sync::Mutex<Vec<crate::policy::Preload>>,
 }
 
 pub(crate) struct FakeInstance {
@@ -57,10 +59,14 @@ impl Executor for Fake {
     }
     async fn create(
         &self,
-        _spec: &FunctionSpec,
+        spec: &FunctionSpec,
         _prepared: &Arc<()>,
         deadline: Instant,
     ) -> Result<FakeInstance> {
+        self.created_with
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(spec.policy.preload);
         self.start(false, deadline).await
     }
     fn has_runtime_instances(&self, _runtime: &str) -> bool {

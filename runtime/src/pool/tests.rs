@@ -258,6 +258,17 @@ async fn min_warm_is_refilled_in_the_background_and_calls_take_warm_instances() 
 }
 
 #[tokio::test]
+async fn creates_see_the_policy_in_force_after_it_changed() {
+    let pool = pool_with(Fake::default(), policy(Preload::Function, 4, 4));
+    pool.call_in(request(), soon(5000)).await.unwrap();
+    // A PATCH to `preload = none` reaches the pool through `follow`.
+    FunctionPool(pool.clone()).follow(&spec(policy(Preload::None, 4, 4)));
+    pool.call_in(request(), soon(5000)).await.unwrap();
+    let seen = pool.executor.created_with.lock().unwrap().clone();
+    assert_eq!(seen, vec![Preload::Function, Preload::None]);
+}
+
+#[tokio::test]
 async fn a_failing_create_fails_the_call_and_the_maintainer_backs_off() {
     let fake = Fake {
         create_fails: true,

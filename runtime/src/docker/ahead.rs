@@ -38,7 +38,6 @@ pub struct AheadLimits {
     pub total: usize,
     /// Containers being started at once (each start is work for the engine and runc,
     /// which calls' own starts and removals share).
-    /// Containers being started.
     pub starting: usize,
 }
 

@@ -160,7 +160,8 @@ pub(crate) struct Pool<E: Executor> {
     state: Mutex<State<E::Instance>>,
     freed: tokio::sync::Notify,
     /// Wakes the maintainer when an instance left the pool, so the next call finds a
-    /// replacement ready instead of waiting for the maintainer's next pass. Held
+    /// replacement ready instead of waiting for the maintainer's next pass
+    /// ([`Pool::wake_refill`]). Held
     /// apart from the pool: the maintainer waits on it without keeping the pool alive.
     refill: Arc<tokio::sync::Notify>,
     // The first call of a version in this process pays for loading what `prepare`
@@ -330,6 +331,16 @@ impl<E: Executor> Pool<E> {
         }
     }
 
+    /// Has the maintainer refill now rather than at its next pass, where a start is
+    /// cheap (wasm: microseconds). A container takes a second to start and counts
+    /// against `max_instances` meanwhile: refilled at once, it would take the place a
+    /// call right behind needs to start its own (a 429 under `max_queue = 0`).
+    fn wake_refill(&self) {
+        if self.executor.creating_is_warm() {
+            self.refill.notify_one();
+        }
+    }
+
     /// A place in the pool with an idle instance, or the right to make one; waits
     /// (bounded) at capacity.
     async fn acquire(self: &Arc<Self>, policy: &Policy, deadline: Instant) -> Result<Lease<E>> {
@@ -347,7 +358,7 @@ impl<E: Executor> Pool<E> {
                     && let Some((instance, _)) = st.idle.pop_back()
                 {
                     st.busy += 1;
-                    self.refill.notify_one();
+                    self.wake_refill();
                     return Ok(lease(Some(instance)));
                 }
                 if st.total() < policy.max_instances as usize {
@@ -470,7 +481,7 @@ impl<E: Executor> Pool<E> {
     fn claim_idle(&self) -> Option<E::Instance> {
         let (instance, _) = self.lock().idle.pop_back()?;
         self.count_destroyed("claimed");
-        self.refill.notify_one();
+        self.wake_refill();
         Some(instance)
     }
 

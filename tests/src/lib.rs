@@ -205,14 +205,22 @@ pub fn docker_available() -> bool {
 
 /// Containers a test's server started (by its home's host label), for assertions.
 pub fn containers_of(server: &Server) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=newt.managed=true"])
+    containers_labelled(server, &[])
+}
+
+/// Containers a test's server started that also carry every label of `labels`
+/// (`"newt.ahead=true"`).
+pub fn containers_labelled(server: &Server, labels: &[&str]) -> Vec<String> {
+    let mut ps = Command::new("docker");
+    ps.args(["ps", "-aq", "--filter", "label=newt.managed=true"])
         .args([
             "--filter",
             &format!("label=newt.host={}", host_label(&server.home)),
-        ])
-        .output()
-        .expect("docker ps");
+        ]);
+    for label in labels {
+        ps.args(["--filter", &format!("label={label}")]);
+    }
+    let out = ps.output().expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)

@@ -7,7 +7,6 @@ use crate::support::{eventually, header, invoke};
 use newt_tests::{Server, containers_of, docker_available, tar_gz};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::process::Command;
 
 const WHO: &str = r#"
 import os, socket
@@ -20,16 +19,7 @@ def handler(event):
 
 /// Containers of `server` started ahead of their calls.
 fn ahead_of(server: &Server) -> Vec<String> {
-    let label = format!("label=newt.host={}", newt_tests::host_label(&server.home));
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &label])
-        .args(["--filter", "label=newt.ahead=true"])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    newt_tests::containers_labelled(server, &["newt.ahead=true"])
 }
 
 async fn who(server: &Server, name: &str) -> Value {

@@ -10,7 +10,7 @@
 //! Every row of one backend runs the same bytes on the same input, so the figures
 //! differ only by the machinery around the function.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// A WASI command that copies stdin to stdout (one read of up to 60 000 bytes) and
@@ -102,35 +102,20 @@ fn checkout() -> Option<PathBuf> {
 /// skips it when nothing changed) and reads the module.
 pub async fn hello_wasm() -> anyhow::Result<Vec<u8>> {
     let root = checkout().context("no newt checkout with examples/hello here")?;
-    let cargo = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .or_else(|| super::peers::find_on_path("cargo"))
-        .context("cargo is not on the PATH")?;
-    let output = tokio::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "hello",
-        ])
-        .args(["--message-format", "json-render-diagnostics"])
-        .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"))
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .await
-        .context("running cargo")?;
-    if !output.status.success() {
-        bail!(
-            "cargo build --release --target wasm32-wasip1 -p hello failed (rustup target add \
-             wasm32-wasip1?): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let path = hello_artifact(&String::from_utf8_lossy(&output.stdout))
-        .context("cargo built no hello.wasm")?;
+    let stdout = super::peers::cargo_build(
+        |cargo| {
+            cargo
+                .args(["--release", "--target", "wasm32-wasip1", "-p", "hello"])
+                .args(["--message-format", "json-render-diagnostics"])
+                .arg("--manifest-path")
+                .arg(root.join("Cargo.toml"));
+        },
+        "cargo build --release --target wasm32-wasip1 -p hello failed (rustup target add \
+         wasm32-wasip1?)",
+    )
+    .await?;
+    let path =
+        hello_artifact(&String::from_utf8_lossy(&stdout)).context("cargo built no hello.wasm")?;
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 

@@ -268,6 +268,30 @@ async fn sequential(
     Ok(Row::measured(backend, kind, 1, samples_ms, wall))
 }
 
+/// Runs a `cargo build` for a fixture of the bench: the cargo running this (`CARGO`),
+/// else the one on `PATH`, with `CARGO_BUILD_TARGET` unset so the `--target` given
+/// counts. Returns stdout; a failed build's error is `failed` and cargo's stderr.
+pub async fn cargo_build(
+    configure: impl FnOnce(&mut tokio::process::Command),
+    failed: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("cargo"))
+        .context("cargo is not on the PATH: install Rust to build the bench's fixtures")?;
+    let mut command = tokio::process::Command::new(cargo);
+    command.arg("build").env_remove("CARGO_BUILD_TARGET");
+    configure(&mut command);
+    let output = command.output().await.context("running cargo")?;
+    if !output.status.success() {
+        bail!(
+            "{failed}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
+}
+
 /// `name` in a directory of `PATH`, if there.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -82,33 +82,25 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 
 /// Builds the component (cargo skips it when nothing changed) and returns its path.
 pub async fn build_component() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .or_else(|| find_on_path("cargo"))
-        .context("cargo is not on the PATH: install Rust to build the wasi:http peer")?;
     if !target_installed().await {
         bail!("{WASIP2_HINT}");
     }
     let dir = cache_dir()?;
     write_if_changed(&dir.join("Cargo.toml"), CARGO_TOML)?;
     write_if_changed(&dir.join("src/lib.rs"), LIB_RS)?;
-    let output = tokio::process::Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .arg("--manifest-path")
-        .arg(dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(dir.join("target"))
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .await
-        .context("running cargo")?;
-    if !output.status.success() {
-        bail!(
-            "building the wasi:http component with cargo failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    super::peers::cargo_build(
+        |cargo| {
+            cargo
+                .args(["--quiet", "--release", "--target", "wasm32-wasip2"])
+                .arg("--manifest-path")
+                .arg(dir.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(dir.join("target"))
+                .env_remove("CARGO_TARGET_DIR");
+        },
+        "building the wasi:http component with cargo failed",
+    )
+    .await?;
     Ok(dir.join("target/wasm32-wasip2/release/http_hello.wasm"))
 }
 

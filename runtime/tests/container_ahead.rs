@@ -5,10 +5,11 @@
 //! removing the host's leftovers removes what was started ahead. Skips (with a line
 //! saying so) when no engine answers.
 
-use bytes::Bytes;
+mod support;
+
 use newt_runtime::{
-    AheadLimits, AllowList, CallRequest, CallResult, Cas, DockerConfig, DockerExecutor, Executor,
-    FunctionSpec, Limits, Policy, Preload,
+    AheadLimits, AllowList, DockerConfig, DockerExecutor, Executor, FunctionSpec, Limits, Policy,
+    Preload,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -51,26 +52,7 @@ async fn call(
     spec: &FunctionSpec,
     instance: &mut <DockerExecutor as Executor>::Instance,
 ) -> Value {
-    let outcome = docker
-        .invoke(
-            spec,
-            instance,
-            &CallRequest {
-                call_id: "ahead".into(),
-                input: Bytes::from_static(b"{}"),
-                http: None,
-            },
-            Instant::now() + Duration::from_secs(30),
-        )
-        .await
-        .expect("the call");
-    assert_eq!(
-        outcome.result,
-        CallResult::Done,
-        "{}",
-        String::from_utf8_lossy(&outcome.logs)
-    );
-    serde_json::from_slice(&outcome.output).unwrap()
+    support::call_json(docker, spec, instance, "ahead", &serde_json::json!({})).await
 }
 
 /// A label of a container, by the engine's CLI.
@@ -132,11 +114,7 @@ async fn preload_none_calls_take_containers_started_ahead_each_once() {
         return;
     }
     let docker = Arc::new(docker);
-    let cas = Cas::open(home.path().join("cas")).unwrap();
-    let bundle = newt_runtime::pack(&[("main.py", WHO.as_bytes())]).unwrap();
-    let digest = cas.put(&bundle).unwrap();
-    let bundle_path = cas.path(&digest);
-    let digest = digest.to_string();
+    let (bundle_path, digest) = support::stored_python(home.path(), WHO);
     let strict = spec(&digest, "ahead-strict", &[]);
     let prepared = Arc::new(
         docker

@@ -4,11 +4,9 @@
 //! list has no socket; every egress directory goes with its instance. Skips (with a
 //! line saying so) when no engine answers.
 
-use bytes::Bytes;
-use newt_runtime::{
-    AllowList, CallRequest, CallResult, Cas, DockerConfig, DockerExecutor, Executor, FunctionSpec,
-    Limits,
-};
+mod support;
+
+use newt_runtime::{AllowList, DockerConfig, DockerExecutor, Executor, FunctionSpec, Limits};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,26 +76,7 @@ async fn call(
     instance: &mut <DockerExecutor as Executor>::Instance,
     input: Value,
 ) -> Value {
-    let outcome = docker
-        .invoke(
-            spec,
-            instance,
-            &CallRequest {
-                call_id: "egress".into(),
-                input: Bytes::from(input.to_string()),
-                http: None,
-            },
-            Instant::now() + Duration::from_secs(30),
-        )
-        .await
-        .expect("the call");
-    assert_eq!(
-        outcome.result,
-        CallResult::Done,
-        "{}",
-        String::from_utf8_lossy(&outcome.logs)
-    );
-    serde_json::from_slice(&outcome.output).unwrap()
+    support::call_json(docker, spec, instance, "egress", &input).await
 }
 
 #[tokio::test]
@@ -118,11 +97,7 @@ async fn function_and_runtime_level_instances_reach_only_their_list() {
     }
     let allowed = origin("127.0.0.2", "from the allowed server").await;
     let other = origin("127.0.0.3", "from the other server").await;
-    let cas = Cas::open(home.path().join("cas")).unwrap();
-    let bundle = newt_runtime::pack(&[("main.py", FETCH.as_bytes())]).unwrap();
-    let digest = cas.put(&bundle).unwrap();
-    let bundle_path = cas.path(&digest);
-    let digest = digest.to_string();
+    let (bundle_path, digest) = support::stored_python(home.path(), FETCH);
     let open = spec(&digest, "egress-open", &[allowed.to_string()]);
     let closed = spec(&digest, "egress-closed", &[]);
     let prepared = Arc::new(docker.prepare(&open, &bundle_path).await.expect("prepare"));

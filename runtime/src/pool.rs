@@ -194,15 +194,7 @@ impl<E: Executor> Drop for Lease<E> {
             // function's code, so it is destroyed, and counted until it is gone.
             st.destroying += 1;
             drop(st);
-            // Counted now, not when the task runs: whoever saw the call end as
-            // cancelled sees its instance counted too.
-            self.pool.count_destroyed("cancelled");
-            let pool = self.pool.clone();
-            spawn_detached(async move {
-                pool.executor.destroy(instance).await;
-                pool.lock().destroying -= 1;
-                pool.freed.notify_one();
-            });
+            self.pool.destroy_counted(instance, "cancelled");
         } else {
             drop(st);
         }
@@ -407,10 +399,13 @@ impl<E: Executor> Pool<E> {
     }
 
     /// Destroys an instance in the background that already counts as `destroying`.
+    /// Counted by `reason` now, not when the task runs: whoever saw the call end sees
+    /// its instance counted too.
     fn destroy_counted(self: &Arc<Self>, instance: E::Instance, reason: &'static str) {
+        self.count_destroyed(reason);
         let pool = self.clone();
         spawn_detached(async move {
-            pool.destroy(instance, reason).await;
+            pool.executor.destroy(instance).await;
             pool.lock().destroying -= 1;
             pool.freed.notify_one();
         });
@@ -630,16 +625,9 @@ impl<E: Executor> Pool<E> {
         if let Some((instance, reason)) = leftover {
             // The caller has its answer before the instance is gone: removing a
             // container takes ~75 ms, and even a wasm instance's teardown (resetting
-            // its memory slot) is a tenth of a warm call. Counted now, so whoever saw
-            // the call end sees its instance counted.
-            self.count_destroyed(reason);
+            // its memory slot) is a tenth of a warm call.
             self.lock().destroying += 1;
-            let pool = self.clone();
-            spawn_detached(async move {
-                pool.executor.destroy(instance).await;
-                pool.lock().destroying -= 1;
-                pool.freed.notify_one();
-            });
+            self.destroy_counted(instance, reason);
         }
         self.freed.notify_one();
     }
